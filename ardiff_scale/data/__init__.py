@@ -1,0 +1,1 @@
+"""Data: tokenizer, objectives (pretraining span denoise, seq2seq), corpus readers."""

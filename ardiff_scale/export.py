@@ -1,0 +1,51 @@
+"""A trained model as a directory: weights (safetensors), the run's config and its tokenizer.
+
+    model.safetensors   weights (the EMA or the raw weights, as chosen at export)
+    config.yaml         the full resolved run config
+    tokenizer.model     sentencepiece model, with tokenizer.model.json (its card)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ardiff_scale.config import Config, config_to_yaml, load_config
+from ardiff_scale.data.tokenizer import Tokenizer
+from ardiff_scale.errors import DataError
+from ardiff_scale.io import write_bytes
+from ardiff_scale.model import ARDiffusionModel
+
+
+def save_model_dir(directory: str, model: ARDiffusionModel, config: Config, tokenizer: Tokenizer,
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
+    os.makedirs(directory, exist_ok=True)
+    state = weights if weights is not None else model.state_dict()
+    tmp = os.path.join(directory, ".model.safetensors.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
+    os.replace(tmp, os.path.join(directory, "model.safetensors"))
+    write_bytes(os.path.join(directory, "config.yaml"), config_to_yaml(config).encode())
+    tokenizer.save(os.path.join(directory, "tokenizer.model"))
+
+
+def load_model_dir(directory: str, device: str = "cpu") -> tuple[ARDiffusionModel, Config, Tokenizer]:
+    missing = [name for name in ("model.safetensors", "config.yaml", "tokenizer.model")
+               if not os.path.exists(os.path.join(directory, name))]
+    if missing:
+        raise DataError(f"{directory} is not a model directory: missing {', '.join(missing)} "
+                        "(write one with `ardiff pretrain` or `ardiff export`)")
+    config = load_config(os.path.join(directory, "config.yaml"))
+    tokenizer = Tokenizer.load(os.path.join(directory, "tokenizer.model"))
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise DataError(f"{directory}: tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
+                        f"{config.model.vocab_size}")
+    model = ARDiffusionModel(config.model)
+    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors"), device=device))
+    return model.to(device).eval(), config, tokenizer
+
+
+def describe(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Training: the optimizer-step loop, its learning-rate schedule, EMA and callbacks."""

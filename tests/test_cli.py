@@ -1,0 +1,78 @@
+"""The `ardiff` command as a user runs it: real subprocesses, real files."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ardiff_scale.export import load_model_dir
+
+
+def ardiff(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ardiff_scale.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_help_lists_the_subcommands():
+    out = ardiff("--help")
+    assert out.returncode == 0
+    for name in ("model-info", "tokenizer", "pretrain", "generate", "demo"):
+        assert name in out.stdout
+
+
+def test_model_info_counts_the_xsum_preset():
+    out = ardiff("model-info", "--preset", "xsum")
+    assert out.returncode == 0, out.stderr
+    assert "73,806,522 parameters" in out.stdout and "decoder" in out.stdout and "GFLOP" in out.stdout
+
+
+def test_bad_override_fails_with_a_message_naming_the_field():
+    out = ardiff("model-info", "--preset", "tiny", "train.lr=fast")
+    assert out.returncode == 2
+    assert "train.lr" in out.stderr and "'fast'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_generate_from_a_missing_model_dir_is_a_clear_error(tmp_path):
+    out = ardiff("generate", "--model", str(tmp_path), "--source", "hello")
+    assert out.returncode == 2
+    assert "missing model.safetensors" in out.stderr
+
+
+@pytest.mark.slow
+def test_tokenizer_pretrain_generate_end_to_end(tmp_path):
+    corpus = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(corpus, "wt", encoding="utf-8") as f:
+        for i in range(60):
+            text = (f"Chapter {i}. It is a truth universally acknowledged that a single man in possession of a good "
+                    f"fortune must be in want of a wife, said the {i}th narrator to the assembled company. ") * 3
+            f.write(json.dumps({"text": text}) + "\n")
+    tok = tmp_path / "tok.model"
+    out = ardiff("tokenizer", "train", "--input", str(corpus), "--output", str(tok), "--vocab-size", "400",
+                 "--model-type", "bpe")
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "run"
+    out = ardiff("pretrain", f"data.train={corpus}", f"data.valid={corpus}", f"data.tokenizer={tok}",
+                 "model.vocab_size=400", "train.max_steps=15", "train.micro_batch_size=4", "train.log_every=5",
+                 f"train.output_dir={run}")
+    assert out.returncode == 0, out.stderr
+    assert "validation loss" in out.stderr and "step 15/15" in out.stderr
+    assert (run / "loss.png").stat().st_size > 1000
+    model, config, tokenizer = load_model_dir(str(run))
+    assert config.train.max_steps == 15 and tokenizer.vocab_size == 400
+    out = ardiff("generate", "--model", str(run), "--source", "a single man <mask> a good fortune",
+                 "--candidates", "2", "--steps", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("source:") == 1 and "[1]" in out.stdout
+
+
+def test_pretrain_with_a_mismatched_vocabulary_names_the_fix(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"word{i} " * 50}) for i in range(30)))
+    tok = tmp_path / "tok.model"
+    assert ardiff("tokenizer", "train", "--input", str(corpus), "--output", str(tok), "--vocab-size", "300",
+                  "--model-type", "bpe").returncode == 0
+    out = ardiff("pretrain", f"data.train={corpus}", f"data.tokenizer={tok}", f"train.output_dir={tmp_path}/r")
+    assert out.returncode == 2
+    assert "model.vocab_size=300" in out.stderr
