@@ -61,6 +61,8 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(train.seed)
         dtype = PRECISIONS[train.precision]
         self._autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepMetrics:
         started = time.perf_counter()
@@ -72,14 +74,16 @@ class Trainer:
             with self._autocast():
                 terms = training_loss(self.model, batch["src_ids"], batch["src_mask"], batch["tgt_ids"],
                                       self.schedule, self.config.diffusion.timestep_form, self.generator)
-            (terms.loss / len(micro_batches)).backward()
+            self.scaler.scale(terms.loss / len(micro_batches)).backward()
             for name, value in terms.detached().items():
                 sums[name] += value / len(micro_batches)
             tokens += int(batch["src_mask"].sum()) + batch["tgt_ids"].numel()
+        self.scaler.unscale_(self.optimizer)
         clip = self.config.train.grad_clip or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
         self.ema.update(self.model)

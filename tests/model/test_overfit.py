@@ -10,7 +10,10 @@ from ardiff_scale.model import ARDiffusionModel, preset
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_a_batch_and_sampler_reproduces_it():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tiny_model_overfits_a_batch_and_sampler_reproduces_it(precision):
+    # bf16 autocast is the fast training switch: its loss must fall like fp32's.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     torch.manual_seed(0)
     model = ARDiffusionModel(preset("tiny", dropout=0.0, attention_dropout=0.0))
     schedule = sqrt_schedule(2000)
@@ -21,7 +24,8 @@ def test_tiny_model_overfits_a_batch_and_sampler_reproduces_it():
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(300):
-        terms = training_loss(model, src, mask, tgt, schedule)
+        with autocast:
+            terms = training_loss(model, src, mask, tgt, schedule)
         terms.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
