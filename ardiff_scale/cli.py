@@ -36,8 +36,22 @@ def cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
-    from ardiff_scale.commands import train_tokenizer_cmd
-    train_tokenizer_cmd(args.input, args.output, args.vocab_size, args.model_type, args.max_sentences, args.field)
+    from ardiff_scale.data.build import tokenizer_command
+    from ardiff_scale.data.tokenizer import TokenizerOptions
+    options = TokenizerOptions(vocab_size=args.vocab_size, model_type=args.model_type,
+                               max_sentences=args.max_sentences)
+    tokenizer_command(args.input, args.output, options, args.field)
+
+
+def cmd_shards_build(args: argparse.Namespace) -> None:
+    from ardiff_scale.data.build import shards_command
+    shards_command(args.kind, args.input, args.format, args.split, args.tokenizer, args.output,
+                   args.samples_per_shard, args.max_tokens, args.min_tokens, args.processes, args.field)
+
+
+def cmd_shards_inspect(args: argparse.Namespace) -> None:
+    from ardiff_scale.data.build import inspect_command
+    inspect_command(args.location, args.samples)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -77,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a sentencepiece tokenizer on text, .jsonl or .jsonl.gz files (any "
                                    "fsspec URL), sampling at most --max-sentences lines. Writes OUTPUT and "
                                    "OUTPUT.json (the card: vocabulary size, options, sha256).")
-    p.add_argument("--input", nargs="+", required=True, help="corpus files or URLs")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="corpus files (.txt, .jsonl, .jsonl.gz) or shard locations, local or URLs")
     p.add_argument("--output", required=True, help="where to write the .model file")
     p.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size (default 8000)")
     p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="(default unigram)")
@@ -85,11 +100,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", default="text", help="JSON field holding the text in .jsonl inputs")
     p.set_defaults(func=cmd_tokenizer_train)
 
+    shards = sub.add_parser("shards", help="webdataset shards").add_subparsers(dest="action", required=True)
+    p = shards.add_parser("build", help="tokenise documents or task pairs into webdataset shards",
+                          description="Tokenise inputs in several processes into shard-NNNNNN.tar files with a "
+                                      "manifest.json (per-shard counts and sha256, tokenizer sha256, inputs, "
+                                      "command). Pretraining documents longer than --max-tokens are split into "
+                                      "windows; windows shorter than --min-tokens are dropped and counted.")
+    p.add_argument("--kind", choices=["pretrain", "seq2seq"], default="pretrain", help="(default pretrain)")
+    p.add_argument("--input", nargs="+", required=True, help="files, directories or URLs to read")
+    p.add_argument("--format", default="jsonl",
+                   help="pretrain: text or jsonl; seq2seq: jsonl, xsum, xsum-lines, cnndm, iwslt, commongen")
+    p.add_argument("--split", default="train", help="seq2seq split: train, valid or test (default train)")
+    p.add_argument("--tokenizer", required=True, help="sentencepiece .model (its card beside it)")
+    p.add_argument("--output", required=True, help="shard directory: local path or URL (s3://, ...)")
+    p.add_argument("--samples-per-shard", type=int, default=2000, help="(default 2000)")
+    p.add_argument("--max-tokens", type=int, default=512, help="pretrain window length (default 512)")
+    p.add_argument("--min-tokens", type=int, default=30, help="shortest pretrain window kept (default 30)")
+    p.add_argument("--processes", type=int, default=2, help="tokenising processes (default 2)")
+    p.add_argument("--field", default="text", help="JSON field holding a document's text (default text)")
+    p.set_defaults(func=cmd_shards_build)
+    p = shards.add_parser("inspect", help="print a shard set's manifest summary and first samples")
+    p.add_argument("location", help="shard directory, manifest URL or shard URLs")
+    p.add_argument("--samples", type=int, default=3, help="samples to show (default 3)")
+    p.set_defaults(func=cmd_shards_inspect)
+
     p = sub.add_parser("pretrain", help="pretrain on plain text with the span-denoising objective",
-                       description="Train the model on documents with GENIE's continuous paragraph denoise "
-                                   "(a span of each window is the target, the rest with one <mask> the "
-                                   "source). Needs data.train and data.tokenizer. Writes the model directory "
-                                   "(weights, config, tokenizer) and loss.png to train.output_dir.",
+                       description="Train the model on pretraining shards with GENIE's continuous paragraph "
+                                   "denoise (a span of each window is the target, the rest with one <mask> "
+                                   "the source). Needs data.train (shards) and data.tokenizer. Writes the "
+                                   "model directory (weights, config, tokenizer) and loss.png to "
+                                   "train.output_dir.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_args(p, default="tiny-cpu")
     p.set_defaults(func=cmd_pretrain)
@@ -106,12 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled corpus in a few minutes",
-                       description="Train a tokenizer on the bundled public-domain corpus, pretrain the tiny "
-                                   "model on it for a few minutes, then fill masked spans of held-out text.")
+                       description="Train a tokenizer on the bundled public-domain corpus, build shards, "
+                                   "pretrain the tiny model on them for a few minutes, then fill masked spans "
+                                   "of held-out text.")
     p.add_argument("--corpus", default=None, help="directory with train.jsonl.gz and valid.jsonl.gz "
                                                   "(default: the bundled data/demo)")
     p.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget (default 4)")
+    p.add_argument("--minutes", type=float, default=6.0, help="training time budget; training stops at train.max_steps or after this long (default 6)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -65,19 +65,24 @@ class DiffusionConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # local path or URL of the training text or shards
+    # Shards: a directory with manifest.json, or brace-expanded shard URLs (file, http(s), s3).
+    train: str = ""
     valid: str = ""
     tokenizer: str = ""
     source_len: int = 128
     target_len: int = 64
-    # Pretraining on plain text: the fraction of a document's tokens masked to form the target.
+    # Pretraining: the fraction of a window's tokens masked to form the target.
     mask_fraction: float = 0.3
-    min_tokens: int = 30  # shorter plain-text documents are dropped
+    min_tokens: int = 30  # shorter windows are dropped when shards are built
+    num_workers: int = 0  # DataLoader worker processes per rank
+    open_shards: int = 4  # shards each worker interleaves: the width of the shuffle
+    on_error: str = "warn"  # an unreadable shard: "warn" (skip, log, count) or "raise"
 
     def validate(self, prefix: str = "data") -> None:
-        _positive(self, prefix, "source_len", "target_len")
-        _non_negative(self, prefix, "min_tokens")
+        _positive(self, prefix, "source_len", "target_len", "open_shards")
+        _non_negative(self, prefix, "min_tokens", "num_workers")
         _check(prefix, "mask_fraction", self.mask_fraction, 0.0 < self.mask_fraction < 1.0, "in (0, 1)")
+        _one_of(self, prefix, "on_error", ("warn", "raise"))
 
 
 @dataclass
@@ -96,13 +101,21 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0: never
     save_every: int = 0  # 0: only at the end
+    sample_every: int = 0  # sample generations with the skipping sampler; 0: only at the end
+    keep_checkpoints: int = 3  # complete checkpoints kept; older ones are deleted
     output_dir: str = "runs/default"
     threads: int = 0  # 0 keeps torch's default
+    # DeepSpeed config: a name in ds_configs/ (zero0, zero1, zero2, zero3, zero3-offload) or a JSON path.
+    deepspeed: str = "zero0"
+    # "" starts fresh; "auto" continues from the newest complete checkpoint in output_dir, if any;
+    # a checkpoint directory continues from that one.
+    resume: str = ""
 
     def validate(self, prefix: str = "train") -> None:
         _positive(self, prefix, "max_steps", "micro_batch_size", "grad_accum", "lr", "log_every")
         _non_negative(self, prefix, "seed", "warmup_steps", "weight_decay", "grad_clip",
-                      "eval_every", "save_every", "threads")
+                      "eval_every", "save_every", "sample_every", "threads")
+        _positive(self, prefix, "keep_checkpoints")
         _one_of(self, prefix, "lr_schedule", ("linear", "constant"))
         _one_of(self, prefix, "precision", ("fp32", "bf16", "fp16"))
         _check(prefix, "ema_rate", self.ema_rate, 0.0 <= self.ema_rate < 1.0, "in [0, 1)")

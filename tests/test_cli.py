@@ -52,8 +52,14 @@ def test_tokenizer_pretrain_generate_end_to_end(tmp_path):
     out = ardiff("tokenizer", "train", "--input", str(corpus), "--output", str(tok), "--vocab-size", "400",
                  "--model-type", "bpe")
     assert out.returncode == 0, out.stderr
+    shards = tmp_path / "shards"
+    out = ardiff("shards", "build", "--input", str(corpus), "--tokenizer", str(tok), "--output", str(shards),
+                 "--samples-per-shard", "20", "--max-tokens", "64", "--min-tokens", "10")
+    assert out.returncode == 0, out.stderr
+    out = ardiff("shards", "inspect", str(shards))
+    assert out.returncode == 0 and '"kind": "pretrain"' in out.stdout and "Chapter" in out.stdout
     run = tmp_path / "run"
-    out = ardiff("pretrain", f"data.train={corpus}", f"data.valid={corpus}", f"data.tokenizer={tok}",
+    out = ardiff("pretrain", f"data.train={shards}", f"data.valid={shards}", f"data.tokenizer={tok}",
                  "model.vocab_size=400", "train.max_steps=15", "train.micro_batch_size=4", "train.log_every=5",
                  f"train.output_dir={run}")
     assert out.returncode == 0, out.stderr
@@ -76,3 +82,4 @@ def test_pretrain_with_a_mismatched_vocabulary_names_the_fix(tmp_path):
     out = ardiff("pretrain", f"data.train={corpus}", f"data.tokenizer={tok}", f"train.output_dir={tmp_path}/r")
     assert out.returncode == 2
     assert "model.vocab_size=300" in out.stderr
+

@@ -32,7 +32,7 @@ def test_tiny_cpu_recipe_values():
     cfg = load_config("tiny-cpu")
     assert cfg.model_preset == "tiny"
     assert (cfg.data.source_len, cfg.data.target_len) == (128, 32)
-    assert (cfg.train.max_steps, cfg.train.micro_batch_size, cfg.train.warmup_steps) == (300, 16, 30)
+    assert (cfg.train.max_steps, cfg.train.micro_batch_size, cfg.train.warmup_steps) == (2500, 16, 200)
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
     assert cfg.diffusion == Config().diffusion
 

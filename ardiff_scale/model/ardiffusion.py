@@ -86,12 +86,14 @@ class ARDiffusionModel(nn.Module):
         if length > self.config.max_target_len:
             raise ValueError(f"target length {length} exceeds model.max_target_len {self.config.max_target_len}")
         positions = torch.arange(length, device=x_t.device)
+        # Under DeepSpeed's bf16/fp16 modes the weights themselves are half precision: inputs follow them.
+        x_t = x_t.to(self.up_proj[0].weight.dtype)
         h = self.dropout(self.tgt_ln(self.up_proj(x_t) + self.tgt_positions(positions)))
         if time.shape[0] > 1 and time.stride(0) == 0:
             # All rows share one time vector (the sampler's case): compute the time features once and let
             # them broadcast over the rows.
             time = time[:1]
-        time_features = sinusoidal_time_embedding(time, self.config.time_channels)
+        time_features = sinusoidal_time_embedding(time, self.config.time_channels).to(h.dtype)
         for i, block in enumerate(self.decoder):
             kv = memory.kv[i] if memory.kv is not None else None
             h = block(h, time_features, memory.states, memory.mask, kv)

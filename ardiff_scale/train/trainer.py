@@ -1,4 +1,4 @@
-"""One training loop: optimizer steps over micro-batches, with callbacks for everything around it.
+"""One training loop: optimizer steps of a DeepSpeed engine, with callbacks for everything around it.
 
 Steps are optimizer steps (each `train.grad_accum` micro-batches), never micro-batches: the official
 counter mixes the two, and its schedules shift whenever accumulation changes.
@@ -6,31 +6,35 @@ counter mixes the two, and its schedules shift whenever accumulation changes.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import torch
+import torch.distributed as dist
 
 from ardiff_scale.config import Config
-from ardiff_scale.diffusion import make_schedule, training_loss
+from ardiff_scale.diffusion import make_schedule
 from ardiff_scale.model import ARDiffusionModel
-from ardiff_scale.train.optim import EMA, build_optimizer, build_scheduler
+from ardiff_scale.train.ema import EMA
+from ardiff_scale.train.engine import build_engine, device, gathered, init_distributed, resolve_ds_config, zero_stage
+from ardiff_scale.train.lr import lr_factor
+from ardiff_scale.train.objective import DiffusionObjective
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("ardiff.train")
 
 
 @dataclass
 class StepMetrics:
     step: int  # optimizer steps completed
-    loss: float
+    loss: float  # each term averaged over ranks and micro-batches
     mse: float
     nll: float
     prior: float
     lr: float
     grad_norm: float
-    tokens: int  # source + target tokens in this step
+    tokens: int  # source + target tokens of this step, all ranks
     seconds: float
 
     def as_dict(self) -> dict[str, float]:
@@ -51,45 +55,49 @@ class Trainer:
 
     def __post_init__(self) -> None:
         train = self.config.train
-        self.device = next(self.model.parameters()).device
+        self.rank, self.world = init_distributed()
+        self.device = device()
+        self.model.to(self.device)
         self.schedule = make_schedule(self.config.diffusion.schedule, self.config.diffusion.num_steps)
-        self.optimizer = build_optimizer(self.model, train)
-        self.lr_scheduler = build_scheduler(self.optimizer, train)
+        self.objective = DiffusionObjective(self.model, self.schedule, self.config.diffusion.timestep_form)
+        self.ds_config = resolve_ds_config(self.config, self.world)
+        self.engine = build_engine(self.objective, self.config, self.ds_config, lambda s: lr_factor(s, train))
+        self.zero3 = zero_stage(self.ds_config) == 3
         self.ema = EMA(self.model, train.ema_rate)
         self.step = 0
         self.should_stop = False  # a callback may end training early (time budget, divergence)
-        self.generator = torch.Generator(self.device).manual_seed(train.seed)
-        dtype = PRECISIONS[train.precision]
-        self._autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
+        # Noise differs per rank (seed + rank) and is part of the checkpoint, so a resumed run draws the
+        # same noise as an uninterrupted one.
+        self.generator = torch.Generator(self.device).manual_seed(train.seed + self.rank)
+        torch.manual_seed(train.seed + self.rank)
+        self.data_state = lambda: {}  # set by whoever owns the data reader
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepMetrics:
         started = time.perf_counter()
-        self.model.train()
-        sums = {"loss": 0.0, "mse": 0.0, "nll": 0.0, "prior": 0.0}
-        tokens = 0
+        self.engine.train()
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, mse, nll, prior, tokens
+        lr = self.engine.get_lr()[0]
         for batch in micro_batches:
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with self._autocast():
-                terms = training_loss(self.model, batch["src_ids"], batch["src_mask"], batch["tgt_ids"],
-                                      self.schedule, self.config.diffusion.timestep_form, self.generator)
-            self.scaler.scale(terms.loss / len(micro_batches)).backward()
-            for name, value in terms.detached().items():
-                sums[name] += value / len(micro_batches)
-            tokens += int(batch["src_mask"].sum()) + batch["tgt_ids"].numel()
-        self.scaler.unscale_(self.optimizer)
-        clip = self.config.train.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_scheduler.step()
-        self.ema.update(self.model)
+            terms = self.engine(batch["src_ids"], batch["src_mask"], batch["tgt_ids"], self.generator)
+            self.engine.backward(terms.loss)  # DeepSpeed divides by grad_accum
+            self.engine.step()  # steps the optimizer and LR schedule on the accumulation boundary only
+            values = [terms.loss, terms.mse, terms.nll, terms.prior]
+            sums[:4] += torch.tensor([v.detach().float().item() for v in values], dtype=torch.float64)
+            sums[4] += int(batch["src_mask"].sum()) + batch["tgt_ids"].numel()
+        self.ema.update()
         self.step += 1
-        return StepMetrics(step=self.step, lr=lr, grad_norm=grad_norm, tokens=tokens,
-                           seconds=time.perf_counter() - started, **sums)
+        if self.world > 1:
+            dist.all_reduce(sums)
+        means = sums[:4] / (len(micro_batches) * self.world)
+        grad_norm = self.engine.get_global_grad_norm()
+        return StepMetrics(step=self.step, loss=means[0].item(), mse=means[1].item(), nll=means[2].item(),
+                           prior=means[3].item(), lr=lr, grad_norm=float(grad_norm or 0.0), tokens=int(sums[4]),
+                           seconds=time.perf_counter() - started)
 
     def fit(self, batches: Iterator[dict[str, torch.Tensor]]) -> None:
         train = self.config.train
@@ -102,3 +110,30 @@ class Trainer:
                 callback.on_step_end(self, metrics)
         for callback in self.callbacks:
             callback.on_train_end(self)
+
+    # --- what a checkpoint holds beyond DeepSpeed's own state -----------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "ema": self.ema.state_dict(), "data": self.data_state(), "world_size": self.world,
+                "zero_stage": zero_stage(self.ds_config)}
+
+    def load_state_dict(self, state: dict, same_world: bool) -> None:
+        self.step = state["step"]
+        if same_world:
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(state["cuda_rng"])
+        if same_world or not self.zero3:
+            self.ema.load_state_dict(state["ema"])
+        else:
+            log.warning("ZeRO-3 EMA partitions do not fit world size %d (saved with %d): the EMA restarts from the "
+                        "loaded weights", self.world, state["world_size"])
+
+    def full_weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        """Whole weights (raw or EMA) on every rank; a collective under ZeRO-3."""
+        if ema:
+            return self.ema.full_state_dict()
+        with gathered(self.model, self.zero3):
+            return {name: p.detach().float().cpu().clone() for name, p in self.model.named_parameters()}

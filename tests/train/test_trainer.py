@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ardiff_scale.config import load_config
+from ardiff_scale.errors import ConfigError
 from ardiff_scale.model import ARDiffusionModel
 from ardiff_scale.train.trainer import Trainer
 
@@ -32,7 +33,7 @@ class Recorder:
         self.events.append("end")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_optimizer_steps_with_accumulation_and_precision(precision):
     config = load_config("tiny-cpu", ["model.vocab_size=50", "train.max_steps=4", "train.grad_accum=2",
                                       "train.warmup_steps=2", f"train.precision={precision}"])
@@ -45,6 +46,12 @@ def test_optimizer_steps_with_accumulation_and_precision(precision):
     assert recorder.steps[0].tokens == 2 * 4 * (12 + 8)  # two micro-batches per optimizer step
     assert recorder.steps[0].lr == pytest.approx(config.train.lr * 0.5)  # first warmup step
     assert not torch.equal(before, trainer.ema.shadow["tgt_embedding.weight"])
+
+
+def test_fp16_on_cpu_is_refused_with_the_alternative():
+    config = load_config("tiny-cpu", ["model.vocab_size=50", "train.precision=fp16"])
+    with pytest.raises(ConfigError, match="use bf16 on CPU"):
+        Trainer(config, ARDiffusionModel(config.model))
 
 
 def test_a_callback_can_stop_training():

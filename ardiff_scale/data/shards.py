@@ -1,0 +1,274 @@
+"""Webdataset tar shards of pre-tokenised samples, with a manifest, written and read through fsspec.
+
+A shard `shard-000042.tar` holds samples as tar members sharing a key:
+    pretrain:  <key>.ids.u16 (or .u32)  token ids, little-endian     <key>.txt   the text
+    seq2seq:   <key>.src.u16, <key>.tgt.u16                          <key>.json  {"id", "src", "tgt", "refs"}
+`manifest.json` beside the shards records, per shard, its sample and token counts, bytes and sha256; the
+tokenizer's sha256 and size; the inputs and the command line that built it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import posixpath
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+import fsspec
+import numpy as np
+from braceexpand import braceexpand
+from tqdm.auto import tqdm
+from webdataset import TarWriter
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from ardiff_scale.data.objectives import split_document
+from ardiff_scale.data.tokenizer import Tokenizer
+from ardiff_scale.errors import DataError
+from ardiff_scale.io import read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    from ardiff_scale.data.tasks import Pair
+
+log = logging.getLogger("ardiff.data")
+
+KINDS = ("pretrain", "seq2seq")
+MANIFEST = "manifest.json"
+FORMAT = "ardiff-shards/1"
+
+
+def _ext(dtype: str) -> str:
+    return {"uint16": "u16", "uint32": "u32"}[dtype]
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+def read_shard(url: str, dtype: str) -> list[dict[str, Any]]:
+    """All samples of one shard, decoded; DataError naming the URL if it is missing, truncated or corrupt."""
+    ext = _ext(dtype)
+    samples = []
+    try:
+        # A shard is read once, front to back: over http(s) stream it (block_size=0) instead of fetching
+        # byte ranges, which plain web servers such as `python -m http.server` do not serve.
+        options = {"block_size": 0} if url.startswith(("http://", "https://")) else {}
+        with fsspec.open(url, "rb", **options) as f:
+            members = ({**member, "__url__": url} for member in tar_file_iterator(f))
+            for raw in group_by_keys(members):
+                sample: dict[str, Any] = {"__key__": raw["__key__"], "__url__": url}
+                if f"ids.{ext}" in raw:
+                    sample["ids"] = np.frombuffer(raw[f"ids.{ext}"], dtype=dtype)
+                    sample["text"] = raw["txt"].decode("utf-8")
+                else:
+                    sample["src_ids"] = np.frombuffer(raw[f"src.{ext}"], dtype=dtype)
+                    sample["tgt_ids"] = np.frombuffer(raw[f"tgt.{ext}"], dtype=dtype)
+                    sample.update(json.loads(raw["json"]))
+                samples.append(sample)
+    except FileNotFoundError:
+        raise DataError(f"shard not found: {url}") from None
+    except (tarfile.TarError, EOFError, OSError, KeyError, ValueError) as err:
+        raise DataError(f"unreadable shard {url}: {type(err).__name__}: {err}") from None
+    return samples
+
+
+@dataclass
+class ShardSet:
+    """The shards one reader streams, and what the manifest (if any) says of them."""
+
+    urls: list[str]
+    dtype: str = "uint16"
+    manifest: dict | None = None
+
+    @classmethod
+    def open(cls, location: str, check_exists: bool = True) -> "ShardSet":
+        """`location`: a shard directory (holding manifest.json), a manifest URL, or brace-expanded shard URLs
+        (`s3://bucket/c/shard-{000000..000099}.tar`), several separated by commas."""
+        manifest, urls = None, []
+        if location.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz")):
+            raise DataError(f"{location} is a corpus file, not shards: build shards from it with "
+                            "`ardiff shards build --input FILE --tokenizer TOK --output DIR` and give DIR")
+        if location.endswith(MANIFEST) or not location.rstrip("/").endswith(".tar") and "{" not in location:
+            manifest_url = location if location.endswith(MANIFEST) else location.rstrip("/") + "/" + MANIFEST
+            try:
+                manifest = json.loads(read_bytes(manifest_url))
+            except (FileNotFoundError, NotADirectoryError):
+                raise DataError(f"no {MANIFEST} at {manifest_url}: give a shard directory built by "
+                                "`ardiff shards build`, or shard URLs like dir/shard-{000000..000009}.tar") from None
+            base = manifest_url[: -len(MANIFEST)]
+            urls = [base + entry["name"] for entry in manifest["shards"]]
+        else:
+            for part in location.split(","):
+                urls.extend(braceexpand(part.strip()))
+            try:
+                manifest = json.loads(read_bytes(posixpath.dirname(urls[0]) + "/" + MANIFEST))
+            except (FileNotFoundError, OSError):
+                manifest = None
+        if not urls:
+            raise DataError(f"no shards at {location}")
+        dtype = manifest["dtype"] if manifest else ("uint32" if urls[0].endswith(".u32.tar") else "uint16")
+        shard_set = cls(urls=urls, dtype=dtype, manifest=manifest)
+        if check_exists:
+            shard_set.check_exists()
+        return shard_set
+
+    def check_exists(self) -> None:
+        """Fail before training starts, naming the first missing shard."""
+        missing = []
+        for url in self.urls:
+            fs, path = fsspec.core.url_to_fs(url)
+            if not fs.exists(path):
+                missing.append(url)
+        if missing:
+            raise DataError(f"{len(missing)} of {len(self.urls)} shards do not exist, first: {missing[0]}")
+
+    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
+        if not self.manifest:
+            log.warning("shards have no manifest: cannot check they were built with tokenizer %s",
+                        tokenizer.sha256[:12])
+            return
+        expected = self.manifest["tokenizer"]["sha256"]
+        if expected != tokenizer.sha256:
+            raise DataError(f"tokenizer mismatch: shards were built with tokenizer sha256 {expected[:12]}..., "
+                            f"the given tokenizer is {tokenizer.sha256[:12]}...; use the tokenizer named in "
+                            "the shards' manifest.json or rebuild the shards")
+
+    @property
+    def kind(self) -> str | None:
+        return self.manifest.get("kind") if self.manifest else None
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(model_bytes: bytes) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = Tokenizer(model_bytes)
+
+
+def _encode_docs(args: tuple[list[str], int, int]) -> tuple[list[tuple[list[int], str]], dict[str, int]]:
+    docs, max_tokens, min_tokens = args
+    tok = _WORKER_TOKENIZER
+    out, stats = [], {"documents": 0, "documents_split": 0, "documents_dropped": 0, "tokens_dropped": 0}
+    for doc in docs:
+        ids = tok.encode(doc)
+        windows = list(split_document(ids, max_tokens, min_tokens))
+        stats["documents"] += 1
+        stats["documents_split"] += len(windows) > 1
+        stats["documents_dropped"] += not windows
+        stats["tokens_dropped"] += len(ids) - sum(len(w) for w in windows)
+        out.extend((w, doc if len(windows) == 1 and len(w) == len(ids) else tok.processor.decode(w))
+                   for w in windows)
+    return out, stats
+
+
+def _encode_pairs(args: tuple[list[Pair], int, int]) -> tuple[list[tuple[list[int], list[int], Pair]], dict]:
+    pairs, _, _ = args
+    tok = _WORKER_TOKENIZER
+    return [(tok.encode(p.src), tok.encode(p.tgt), p) for p in pairs], {"documents": len(pairs)}
+
+
+@dataclass
+class ShardWriter:
+    output: str
+    dtype: str
+    samples_per_shard: int
+    shards: list[dict] = field(default_factory=list)
+    _buffer: list[dict[str, bytes]] = field(default_factory=list)
+    _tokens: int = 0
+
+    def add(self, members: dict[str, bytes], tokens: int) -> None:
+        self._buffer.append(members)
+        self._tokens += tokens
+        if len(self._buffer) >= self.samples_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        name = f"shard-{len(self.shards):06d}.tar"
+        data = io.BytesIO()
+        # mtime fixed: the same inputs give byte-identical shards (and sha256s).
+        with TarWriter(data, encoder=False, mtime=0.0) as writer:
+            for members in self._buffer:
+                writer.write(members)
+        payload = data.getvalue()
+        write_bytes(self.output.rstrip("/") + "/" + name, payload)
+        self.shards.append({"name": name, "samples": len(self._buffer), "tokens": self._tokens,
+                            "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
+        self._buffer, self._tokens = [], 0
+
+
+def build_shards(records: Iterable[str] | Iterable[Pair], kind: str, output: str, tokenizer: Tokenizer,
+                 samples_per_shard: int = 2000, max_tokens: int = 512, min_tokens: int = 30, processes: int = 2,
+                 inputs: list[str] | None = None, chunk: int = 64) -> dict:
+    """Tokenise `records` (document texts for "pretrain", Pairs for "seq2seq") in `processes` processes and
+    write shards plus manifest.json to `output` (any fsspec URL). Returns the manifest.
+
+    Pretraining documents longer than max_tokens are split into consecutive windows (never truncated);
+    tail windows shorter than min_tokens are dropped; both are counted in the manifest.
+    """
+    if kind not in KINDS:
+        raise DataError(f"shard kind must be one of {KINDS} (got {kind!r})")
+    if samples_per_shard < 1:
+        raise DataError(f"samples_per_shard must be >= 1 (got {samples_per_shard})")
+    started = time.perf_counter()
+    dtype = "uint16" if tokenizer.vocab_size <= 65536 else "uint32"
+    ext = _ext(dtype)
+    writer = ShardWriter(output, dtype, samples_per_shard)
+    totals: dict[str, int] = {}
+    encode = _encode_docs if kind == "pretrain" else _encode_pairs
+
+    def chunks() -> Iterator[tuple[list, int, int]]:
+        batch: list = []
+        for record in records:
+            batch.append(record)
+            if len(batch) == chunk:
+                yield batch, max_tokens, min_tokens
+                batch = []
+        if batch:
+            yield batch, max_tokens, min_tokens
+
+    ctx = multiprocessing.get_context("fork")
+    index = 0
+    with ctx.Pool(processes, initializer=_init_worker, initargs=(tokenizer.model_bytes,)) as pool, \
+            tqdm(desc=f"shards ({kind})", unit="doc", dynamic_ncols=True) as bar:
+        for encoded, stats in pool.imap(encode, chunks()):
+            for name, value in stats.items():
+                totals[name] = totals.get(name, 0) + value
+            bar.update(stats["documents"])
+            for item in encoded:
+                key = f"{index:09d}"
+                index += 1
+                if kind == "pretrain":
+                    ids, text = item
+                    writer.add({"__key__": key, f"ids.{ext}": np.asarray(ids, dtype=dtype).tobytes(),
+                                "txt": text.encode("utf-8")}, len(ids))
+                else:
+                    src, tgt, pair = item
+                    meta = {"id": pair.id, "src": pair.src, "tgt": pair.tgt, "refs": pair.refs}
+                    writer.add({"__key__": key, f"src.{ext}": np.asarray(src, dtype=dtype).tobytes(),
+                                f"tgt.{ext}": np.asarray(tgt, dtype=dtype).tobytes(),
+                                "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}, len(src) + len(tgt))
+    writer.flush()
+    if not writer.shards:
+        raise DataError(f"no samples to write: every input record was empty or shorter than {min_tokens} tokens")
+    manifest = {
+        "format": FORMAT, "kind": kind, "dtype": dtype,
+        "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
+        "rules": {"max_tokens": max_tokens, "min_tokens": min_tokens} if kind == "pretrain" else {},
+        "totals": {"samples": sum(s["samples"] for s in writer.shards),
+                   "tokens": sum(s["tokens"] for s in writer.shards), "shards": len(writer.shards), **totals},
+        "shards": writer.shards, "inputs": list(inputs or []), "command": " ".join(sys.argv),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_bytes(output.rstrip("/") + "/" + MANIFEST, json.dumps(manifest, indent=2).encode())
+    log.info("%d samples (%d tokens) in %d shards -> %s", manifest["totals"]["samples"],
+             manifest["totals"]["tokens"], len(writer.shards), output)
+    return manifest

@@ -1,0 +1,139 @@
+"""DeepSpeed: process group, config resolution and the engine. The only module that imports deepspeed.
+
+One entry for every launch: a bare `ardiff pretrain` (one process), `deepspeed --num_gpus N` (with a
+hostfile for several nodes) and `torchrun`. gloo on CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ardiff_scale.config import Config
+from ardiff_scale.errors import ConfigError
+
+log = logging.getLogger("ardiff.train")
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join (or, alone, create) the process group; returns (rank, world size)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a bare single process: DeepSpeed would go looking for MPI
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+        # The CPU accelerator would compile a shared-memory comm op at first use (40-100 s on a fresh
+        # machine); gloo does the job without it.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def load_ds_config(name_or_path: str) -> tuple[dict, str]:
+    """A shipped config by name (zero0 .. zero3, zero3-offload) or any JSON path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = DS_CONFIG_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        shipped = sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json"))
+        raise ConfigError(f"train.deepspeed: no DeepSpeed config {name_or_path!r} (shipped: {', '.join(shipped)}; "
+                          "or give a JSON path)")
+    try:
+        return json.loads(path.read_text()), str(path)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+
+
+def resolve_ds_config(config: Config, world: int) -> dict:
+    """Fill the DeepSpeed config's "auto" values from the run config and check the rest agree with it.
+
+    The run config is the one source of truth: train_batch_size = micro x accumulation x world size.
+    """
+    ds, source = load_ds_config(config.train.deepspeed)
+    train = config.train
+    wanted = {
+        "train_micro_batch_size_per_gpu": (train.micro_batch_size, "train.micro_batch_size"),
+        "gradient_accumulation_steps": (train.grad_accum, "train.grad_accum"),
+        "train_batch_size": (train.micro_batch_size * train.grad_accum * world,
+                             f"train.micro_batch_size ({train.micro_batch_size}) x train.grad_accum "
+                             f"({train.grad_accum}) x world size ({world})"),
+        "gradient_clipping": (float(train.grad_clip), "train.grad_clip"),
+    }
+    for key, (value, origin) in wanted.items():
+        given = ds.get(key, "auto")
+        if given == "auto":
+            ds[key] = value
+        elif given != value:
+            raise ConfigError(f"{source}: {key} is {given} but {origin} = {value}; set it to \"auto\" or make "
+                              "them agree")
+    if train.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.precision=fp16 needs a CUDA device (DeepSpeed's CPU accelerator has no fp16); "
+                          "use bf16 on CPU")
+    for precision in ("bf16", "fp16"):
+        section = ds.setdefault(precision, {})
+        enabled = train.precision == precision
+        if section.get("enabled", "auto") not in ("auto", enabled):
+            raise ConfigError(f"{source}: {precision}.enabled is {section['enabled']} but train.precision is "
+                              f"{train.precision!r}; set it to \"auto\"")
+        section["enabled"] = enabled
+    ds.setdefault("zero_optimization", {"stage": 0})
+    return ds
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def build_engine(objective: nn.Module, config: Config, ds_config: dict, lr_lambda):
+    """The DeepSpeed engine around `objective`, with torch's AdamW (no op to compile) and our LR schedule.
+
+    Under ZeRO-3 the parameters that the objective uses outside a submodule's own forward (the tied
+    rounding head reads the target embedding's weight) are registered as external parameters, so they
+    are gathered for the whole forward.
+    """
+    import deepspeed
+
+    train = config.train
+    if zero_stage(ds_config) == 3:
+        for param in objective.external_parameters():
+            deepspeed.zero.register_external_parameter(objective, param)
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config)
+    return engine
+
+
+def gathered(module: nn.Module, enabled: bool):
+    """A context in which ZeRO-3's partitioned parameters of `module` are whole (for sampling and export)."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)

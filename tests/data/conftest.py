@@ -1,0 +1,35 @@
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from ardiff_scale.data.shards import build_shards
+from ardiff_scale.data.tokenizer import TokenizerOptions, train_tokenizer
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def pretrain_docs(n: int) -> list[str]:
+    with gzip.open(SHARED / "pretrain" / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in itertools.islice(f, n)]
+
+
+@pytest.fixture(scope="session")
+def docs() -> list[str]:
+    return pretrain_docs(40)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(docs):
+    return train_tokenizer(docs, TokenizerOptions(vocab_size=1000, model_type="bpe"))
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory, docs, tokenizer) -> Path:
+    """~40 real documents cut into 128-token windows, 50 windows a shard."""
+    out = tmp_path_factory.mktemp("shards")
+    build_shards(docs, "pretrain", str(out), tokenizer, samples_per_shard=50, max_tokens=128, min_tokens=16,
+                 processes=2)
+    return out
