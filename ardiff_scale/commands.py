@@ -13,7 +13,6 @@ import torch
 from ardiff_scale.config import Config, load_config
 from ardiff_scale.data.build import shards_command, tokenizer_command
 from ardiff_scale.data.objectives import collate, seq2seq_example
-from ardiff_scale.data.pipeline import open_stream
 from ardiff_scale.data.tokenizer import Tokenizer, TokenizerOptions
 from ardiff_scale.diffusion import make_schedule, sample
 from ardiff_scale.errors import ConfigError, DataError
@@ -101,19 +100,17 @@ def demo(corpus: str | None, output: str, minutes: float, overrides: Sequence[st
                                       f"data.valid={out / 'shards' / 'valid'}", f"data.tokenizer={tokenizer_path}",
                                       f"train.output_dir={out}", *overrides])
     log.info("3/4 pretraining the tiny model for at most %.1f minutes", minutes)
-    model, tokenizer, history = run_pretraining(config, time_budget=60 * minutes)
-    log.info("4/4 filling masked spans of held-out windows (M = %d sampler steps)", config.diffusion.decode_steps)
-    loader, maker = open_stream(config.data.valid, config, rank=0, world=1, epochs=1, tokenizer=tokenizer)
-    examples = [maker.example(sample) for sample in islice(loader, 4)]
-    batch = collate(examples, config.data.target_len)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
-    result = sample(model, batch["src_ids"], batch["src_mask"], config.data.target_len, schedule,
-                    decode_steps=config.diffusion.decode_steps, generator=torch.Generator().manual_seed(0))
-    for example, tokens in zip(examples, result.tokens[:, 0]):
-        source = tokenizer.processor.decode(example.source).replace("<mask>", " [____] ")
-        print("\nsource   :", " ".join(source.split())[:400])
-        print("reference:", " ".join(tokenizer.decode(example.target).split()))
-        print("generated:", " ".join(tokenizer.decode(tokens.tolist()).split()))
-    first, last = history.rows[0]["loss"], history.rows[-1]["loss"]
-    print(f"\nloss {first:.3f} -> {last:.3f} over {len(history.rows)} steps; curve: {out / 'loss.png'}")
-    print(f"try: ardiff generate --model {out} --source 'It is a truth universally <mask> that a single man'")
+    result = run_pretraining(config, time_budget=60 * minutes)
+    log.info("4/4 the model filled masked spans of held-out windows (M = %d sampler steps)",
+             config.diffusion.decode_steps)
+    for source, reference, generated in result.samples:
+        print("\nsource   :", source[:400])
+        print("reference:", reference)
+        print("generated:", generated)
+    rows = result.history.rows
+    print(f"\nloss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f} over {len(rows)} steps; curve: {out / 'loss.png'}")
+    print(f"model: {out / 'model'} (EMA weights: {out / 'model-ema'})")
+    print(f"try:   ardiff generate --model {out / 'model'} --source 'It is a truth universally <mask> that a single man'")
+    if result.tracking_uri:
+        print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000  "
+              "(then open http://127.0.0.1:5000)")

@@ -71,7 +71,9 @@ def save(engine, root: Path, step: int, rank_state: dict, world: int, keep: int)
     tag = tag_for(step)
     rank = dist.get_rank()
     directory = root / tag
-    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
+    # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert it for another world size.
+    engine.save_checkpoint(str(root), tag=tag, save_latest=False,
+                           client_state={"step": step, "universal_checkpoint_info": {"universal_checkpoint_version": 0.4}})
     _atomic_torch_save(rank_state, rank_file(directory, rank))
     dist.barrier()
     if rank == 0:
@@ -88,8 +90,9 @@ def saved_world_size(directory: Path) -> int:
     return json.loads((directory / COMPLETE).read_text())["world_size"]
 
 
-def load(engine, root: Path, tag: str) -> tuple[list[dict], int, float]:
-    """Load DeepSpeed's state and return (every rank's saved state, saved world size, seconds).
+def load(engine, root: Path, tag: str, ds_tag: str | None = None) -> tuple[list[dict], int, float]:
+    """Load DeepSpeed's state (from `ds_tag`, e.g. the universal form, if given) and return (every rank's
+    saved state, saved world size, seconds).
 
     All ranks' states are returned so that a job on another world size can merge the data readers'
     positions; a rank on the same world size uses its own.
@@ -97,7 +100,7 @@ def load(engine, root: Path, tag: str) -> tuple[list[dict], int, float]:
     started = time.perf_counter()
     directory = root / tag
     world = saved_world_size(directory)
-    path, _ = engine.load_checkpoint(str(root), tag=tag, load_module_strict=True)
+    path, _ = engine.load_checkpoint(str(root), tag=ds_tag or tag, load_module_strict=True)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {directory}")
     states = [torch.load(rank_file(directory, r), map_location="cpu", weights_only=False) for r in range(world)]

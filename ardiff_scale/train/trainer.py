@@ -52,6 +52,7 @@ class Trainer:
     config: Config
     model: ARDiffusionModel
     callbacks: list = field(default_factory=list)
+    load_universal: bool = False  # resuming a checkpoint saved at another world size
 
     def __post_init__(self) -> None:
         train = self.config.train
@@ -61,6 +62,8 @@ class Trainer:
         self.schedule = make_schedule(self.config.diffusion.schedule, self.config.diffusion.num_steps)
         self.objective = DiffusionObjective(self.model, self.schedule, self.config.diffusion.timestep_form)
         self.ds_config = resolve_ds_config(self.config, self.world)
+        if self.load_universal:
+            self.ds_config["checkpoint"] = {"load_universal": True}
         self.engine = build_engine(self.objective, self.config, self.ds_config, lambda s: lr_factor(s, train))
         self.zero3 = zero_stage(self.ds_config) == 3
         self.ema = EMA(self.model, train.ema_rate)

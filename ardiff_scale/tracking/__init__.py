@@ -1,0 +1,1 @@
+"""Experiment tracking in MLflow: a non-blocking tracker and the training callback that feeds it."""
