@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ardiff", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain, fine-tune and evaluate AR-Diffusion text models (Wu et al., NeurIPS 2023).",
         epilog=EPILOG)
+    # The `deepspeed` launcher passes --local_rank=N before the subcommand (LOCAL_RANK is in the environment too).
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("model-info", help="parameter counts by module and FLOPs per training step",

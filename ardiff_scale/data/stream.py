@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ardiff_scale.data.shards import ShardSet, read_shard
@@ -288,7 +289,11 @@ class ShardLoader:
                               "sizes": dict(self.sizes), "offsets": dict(self.offsets)}
         if self.num_workers == 0:
             return iter(self.stream)
+        # Its own generator: by default a DataLoader seeds its workers from the global torch RNG, which would
+        # shift the training's dropout stream whenever a resumed job starts its reader.
+        generator = torch.Generator().manual_seed(self.stream.options.seed)
         return iter(DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+                               generator=generator,
                                prefetch_factor=self.prefetch_factor, persistent_workers=False,
                                multiprocessing_context="fork" if os.name == "posix" else None))
 

@@ -3,6 +3,7 @@ enters the collective ones (checkpoints, validation, samples) together."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -62,6 +63,26 @@ class Throughput:
 
     def on_train_end(self, trainer: Trainer) -> None:
         pass
+
+
+class MetricsLog:
+    """Every step's metrics as one JSON line in `<output_dir>/metrics.jsonl` (rank 0), appended across
+    resumes: a plain record beside MLflow that needs no server."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.file = open(self.path, "a", encoding="utf-8") if trainer.is_main else None
+
+    def on_step_end(self, trainer: Trainer, m: StepMetrics) -> None:
+        if self.file:
+            self.file.write(json.dumps(m.as_dict()) + "\n")
+            self.file.flush()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.file:
+            self.file.close()
 
 
 class LossHistory:

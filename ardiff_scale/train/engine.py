@@ -6,10 +6,11 @@ hostfile for several nodes) and `torchrun`. gloo on CPU, nccl on CUDA.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
-import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,26 +24,28 @@ log = logging.getLogger("ardiff.train")
 DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> tuple[int, int]:
     """Join (or, alone, create) the process group; returns (rank, world size)."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import deepspeed
     import torch.distributed as dist
 
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if os.environ.get("MASTER_ADDR", "127.0.0.1") in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # single-node jobs talk over loopback only
+    # The CPU accelerator would compile a shared-memory comm op at first use (40-100 s on a fresh machine);
+    # gloo does the job without it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a bare single process: DeepSpeed would go looking for MPI
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
-        # The CPU accelerator would compile a shared-memory comm op at first use (40-100 s on a fresh
-        # machine); gloo does the job without it.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        if "RANK" not in os.environ:
+            # A bare single process: a file store instead of a TCP store, so nothing listens on any port
+            # (and DeepSpeed does not go looking for MPI).
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            path = tempfile.mkstemp(prefix="ardiff-store-")[1]
+            atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+            store = dist.FileStore(path, 1)
+            dist.init_process_group(backend, store=store, rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -25,7 +25,8 @@ from ardiff_scale.errors import ConfigError
 from ardiff_scale.export import save_model_dir
 from ardiff_scale.model import ARDiffusionModel
 from ardiff_scale.train import checkpoint
-from ardiff_scale.train.callbacks import Checkpointing, ConsoleProgress, LossHistory, Periodic, Throughput, TimeBudget
+from ardiff_scale.train.callbacks import (Checkpointing, ConsoleProgress, LossHistory, MetricsLog, Periodic,
+                                         Throughput, TimeBudget)
 from ardiff_scale.train.engine import gathered, init_distributed
 from ardiff_scale.train.trainer import Trainer
 
@@ -136,7 +137,8 @@ def run_pretraining(config: Config, time_budget: float | None = None) -> Pretrai
 
     history, throughput = LossHistory(), Throughput()
     checkpoints = Checkpointing(root if tag else out / "checkpoints")
-    callbacks: list = [ConsoleProgress(), history, throughput, TimeBudget(time_budget), checkpoints]
+    callbacks: list = [ConsoleProgress(), history, throughput, MetricsLog(out / "metrics.jsonl"),
+                       TimeBudget(time_budget), checkpoints]
     tracker = tracking = None
     if config.tracking.enabled and rank == 0:
         from ardiff_scale.tracking.callback import MLflowLogging
@@ -170,6 +172,7 @@ def run_pretraining(config: Config, time_budget: float | None = None) -> Pretrai
         callbacks.append(Periodic(train.eval_every, validate))
     callbacks.append(Periodic(train.sample_every, generate_samples))
 
+    torch.manual_seed(train.seed)  # the same initial weights on every rank and in every run
     model = ARDiffusionModel(config.model)
     trainer = Trainer(config, model, callbacks, load_universal=bool(tag) and saved_world != world)
     trainer.data_state = loader.state_dict

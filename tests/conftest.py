@@ -8,7 +8,7 @@ import pytest
 from ardiff_scale.data.shards import build_shards
 from ardiff_scale.data.tokenizer import TokenizerOptions, train_tokenizer
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def pretrain_docs(n: int) -> list[str]:
