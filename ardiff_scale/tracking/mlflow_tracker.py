@@ -46,6 +46,7 @@ class MLflowTracker:
         self.lock = threading.Condition()
         self.dropped = 0
         self.failures = 0
+        self.in_flight = 0  # items at the head of the queue being sent
         self.run_id: str | None = None
         self.closed = False
         self.thread = threading.Thread(target=self._deliver, name="mlflow-delivery", daemon=True)
@@ -55,8 +56,8 @@ class MLflowTracker:
     def _put(self, kind: str, payload: Any) -> None:
         with self.lock:
             if len(self.queue) >= self.buffer:
-                # Drop the oldest metrics beyond the head the delivery thread may be sending right now.
-                for i in range(min(_TAKE, len(self.queue)), len(self.queue)):
+                # Drop the oldest metrics that the delivery thread is not sending right now.
+                for i in range(self.in_flight, len(self.queue)):
                     if self.queue[i][0] == "metrics":
                         del self.queue[i]
                         self.dropped += 1
@@ -146,9 +147,12 @@ class MLflowTracker:
                 if not self.queue:
                     return
                 items = self._take()
+                self.in_flight = len(items)
             try:
                 self._send(items)
             except Exception as err:  # any failure of the server or the network: keep the items, retry
+                with self.lock:
+                    self.in_flight = 0
                 self.failures += 1
                 if self.failures == 1 or self.failures % 20 == 0:
                     log.warning("MLflow delivery failed (%s); %d items kept, retrying", type(err).__name__,
@@ -160,6 +164,7 @@ class MLflowTracker:
             with self.lock:
                 for _ in items:
                     self.queue.popleft()
+                self.in_flight = 0
                 if items[-1][0] == "end":
                     return
 

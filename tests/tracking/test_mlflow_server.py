@@ -1,0 +1,105 @@
+"""Tracking against a real `mlflow server` on 127.0.0.1, including an outage in the middle of a run."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+TINY = ["model.vocab_size=1000", "model.hidden_size=32", "model.num_heads=2", "model.encoder_layers=1",
+        "model.decoder_layers=1", "model.embed_dim=16", "model.time_channels=16", "data.source_len=64",
+        "data.target_len=16", "train.micro_batch_size=4", "train.log_every=20", "train.warmup_steps=5"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"mlflow server not up on 127.0.0.1:{port}")
+
+
+def start_server(port: int, root: Path) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                             "--artifacts-destination", str(root / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    wait_for_port(port)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)  # the server and its workers, started in their own session
+    proc.wait(timeout=30)
+
+
+def steps_done(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_run_is_tracked_and_survives_a_server_outage(shard_dir, tokenizer, tmp_path):
+    tok = tmp_path / "tok.model"
+    tokenizer.save(str(tok))
+    port = free_port()
+    server = start_server(port, tmp_path)
+    run = tmp_path / "run"
+    uri = f"http://127.0.0.1:{port}"
+    train = subprocess.Popen([str(BIN / "ardiff"), "pretrain", f"data.train={shard_dir}", f"data.valid={shard_dir}",
+                              f"data.tokenizer={tok}", f"train.output_dir={run}", "train.max_steps=300",
+                              "train.eval_every=100", f"tracking.tracking_uri={uri}", "tracking.experiment=outage",
+                              *TINY], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "2"})
+    try:
+        while steps_done(run) < 40:
+            assert train.poll() is None, train.stdout.read()[-3000:]
+            time.sleep(0.1)
+        stop_server(server)
+        down_at = steps_done(run)
+        while steps_done(run) < down_at + 60 and train.poll() is None:
+            time.sleep(0.1)
+        server = start_server(port, tmp_path)
+        out, _ = train.communicate(timeout=300)
+        assert train.returncode == 0, out[-3000:]
+    finally:
+        if train.poll() is None:
+            train.kill()
+        stop_server(server)
+        server = start_server(port, tmp_path)
+    try:
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("outage")
+        (found,) = client.search_runs([experiment.experiment_id])
+        assert found.info.status == "FINISHED"
+        history = client.get_metric_history(found.info.run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(1, 301))  # every step, outage or not
+        local = {int(r["step"]): r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+        assert all(abs(m.value - local[m.step]) < 1e-9 for m in history)
+        assert len(client.get_metric_history(found.info.run_id, "valid_loss")) == 3
+        assert any(k.startswith("system/") for k in found.data.metrics)
+        assert found.data.params["train.max_steps"] == "300" and found.data.params["model.hidden_size"] == "32"
+        artifacts = {a.path for folder in ("config", "plots", "samples")
+                     for a in client.list_artifacts(found.info.run_id, folder)}
+        assert {"config/config.yaml", "config/deepspeed.json", "config/tok.model.json", "config/manifest.json",
+                "plots/loss.png"} <= artifacts
+        assert any(path.startswith("samples/samples-step") for path in artifacts)
+        assert "mlflow delivery failed" in out.lower()
+    finally:
+        stop_server(server)
