@@ -59,6 +59,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     pretrain(args.recipe, args.overrides)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from ardiff_scale.train.consolidate import export_checkpoint
+    export_checkpoint(args.run, args.output, args.tag, args.ema, args.tokenizer)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from ardiff_scale.commands import generate
     generate(args.model, args.source, args.input, args.steps, args.candidates, args.seed, args.bf16)
@@ -135,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_args(p, default="tiny-cpu")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export", help="a DeepSpeed checkpoint as one model directory (safetensors)",
+                       description="Consolidate a checkpoint of a pretraining run (any ZeRO stage, any world "
+                                   "size) into a model directory: model.safetensors, config.yaml and the "
+                                   "tokenizer, which `ardiff generate` loads. Runs without a process group.")
+    p.add_argument("--run", required=True, help="the run's output_dir (holding config.yaml and checkpoints/)")
+    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--tag", help="checkpoint tag, e.g. step00001000 (default: the newest complete one)")
+    p.add_argument("--ema", action="store_true", help="export the EMA of the weights instead of the weights")
+    p.add_argument("--tokenizer", help="tokenizer path, if it moved since training (default: data.tokenizer)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="sample text from a trained model with the skipping sampler",
                        description="Generate targets for sources with M sampler steps and k candidates.")

@@ -80,6 +80,16 @@ def test_two_processes_lower_the_loss_under_each_zero_stage(stage, shard_dir, to
     assert (out / "model" / "model.safetensors").exists() and (out / "model-ema" / "model.safetensors").exists()
     info = json.loads((out / "checkpoints" / "step00000040" / "COMPLETE").read_text())
     assert info["world_size"] == 2
+    # Offline export of the last checkpoint gives the weights (and EMA) that training exported at its end.
+    from safetensors.torch import load_file
+    for flag, name in (([], "model"), (["--ema"], "model-ema")):
+        done = subprocess.run([str(BIN / "ardiff"), "export", "--run", str(out), "--output", str(tmp_path / name),
+                               *flag], capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        exported, trained = (load_file(p / name / "model.safetensors") for p in (tmp_path, out))
+        assert exported.keys() == trained.keys()
+        for key in trained:
+            assert (exported[key] - trained[key]).abs().max() < 1e-6, (name, key)
 
 
 def _wait_for_step(run: Path, step: int, proc, timeout: float = 300) -> None:
