@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
@@ -94,7 +93,7 @@ def demo(corpus: str | None, output: str, minutes: float, overrides: Sequence[st
     log.info("2/4 building webdataset shards")
     for split, path in (("train", train_file), ("valid", valid_file)):
         shards_command("pretrain", [str(path)], "jsonl", split, tokenizer_path, str(out / "shards" / split),
-                       samples_per_shard=500, max_tokens=config.data.source_len, min_tokens=config.data.min_tokens,
+                       samples_per_shard=500, max_tokens=config.data.source_len - 2, min_tokens=config.data.min_tokens,
                        processes=2, field="text")
     config = load_config("tiny-cpu", [f"data.train={out / 'shards' / 'train'}",
                                       f"data.valid={out / 'shards' / 'valid'}", f"data.tokenizer={tokenizer_path}",

@@ -120,6 +120,8 @@ def main() -> None:
             result["checkpoint"] = {"save_s": max(r["save_s"] for r in per_rank),
                                     "load_s": max(r["load_s"] for r in per_rank), "bytes": per_rank[0]["bytes"]}
         print(RESULT + json.dumps(result), flush=True)
+    # Left to interpreter exit, gloo's threads abort the process ("terminate called without an active exception").
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -65,9 +65,10 @@ def test_tokenizer_pretrain_generate_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "validation loss" in out.stderr and "step 15/15" in out.stderr
     assert (run / "loss.png").stat().st_size > 1000
-    model, config, tokenizer = load_model_dir(str(run))
+    assert (run / "model-ema" / "model.safetensors").exists() and (run / "metrics.jsonl").exists()
+    model, config, tokenizer = load_model_dir(str(run / "model"))
     assert config.train.max_steps == 15 and tokenizer.vocab_size == 400
-    out = ardiff("generate", "--model", str(run), "--source", "a single man <mask> a good fortune",
+    out = ardiff("generate", "--model", str(run / "model"), "--source", "a single man <mask> a good fortune",
                  "--candidates", "2", "--steps", "3")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("source:") == 1 and "[1]" in out.stdout

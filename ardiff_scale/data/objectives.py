@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -35,14 +35,15 @@ def split_document(ids: Sequence[int], max_len: int, min_len: int) -> Iterator[l
 
 def paragraph_denoise(window: Sequence[int], target_len: int, mask_fraction: float, rng: random.Random) -> Example:
     """Continuous paragraph denoise (§9): one contiguous span becomes the target, a single <mask> holds its
-    place in the source.
+    place in the source. Both sides are wrapped in <s> ... </s>, as task pairs are, so a pretrained model
+    reads sources the way `generate` and fine-tuning present them.
 
     The span has int(len * mask_fraction) tokens, at least 1 and at most target_len - 2 (room for <s> and
-    </s>), at a uniform random offset.
+    </s>), at a uniform random offset. The source has len(window) - span + 3 tokens.
     """
     span = min(max(1, int(len(window) * mask_fraction)), target_len - 2, len(window) - 1)
     offset = rng.randrange(0, len(window) - span + 1)
-    source = list(window[:offset]) + [MASK] + list(window[offset + span:])
+    source = [BOS, *window[:offset], MASK, *window[offset + span:], EOS]
     return Example(source=source, target=[BOS, *window[offset:offset + span], EOS])
 
 
@@ -71,10 +72,3 @@ def collate(examples: Sequence[Example], target_len: int, source_len: int | None
         src[row, :len(example.source)] = torch.tensor(example.source)
         tgt[row, :len(example.target)] = torch.tensor(example.target)
     return {"src_ids": src, "src_mask": (src != PAD).long(), "tgt_ids": tgt}
-
-
-def pretraining_examples(documents: Iterable[Sequence[int]], source_len: int, target_len: int,
-                         mask_fraction: float, min_tokens: int, rng: random.Random) -> Iterator[Example]:
-    for ids in documents:
-        for window in split_document(ids, source_len, max(min_tokens, 2)):
-            yield paragraph_denoise(window, target_len, mask_fraction, rng)

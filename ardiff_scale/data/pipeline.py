@@ -34,9 +34,9 @@ class BatchMaker:
     def example(self, sample: dict) -> Example:
         if self.kind == "pretrain":
             ids = sample["ids"].tolist()
-            if len(ids) > self.source_len:  # shards built for longer windows than this run's source_len
+            if len(ids) > self.source_len - 2:  # shards built for longer windows than this run's source_len
                 self.counts["truncated_sources"] += 1
-                ids = ids[:self.source_len]
+                ids = ids[:self.source_len - 2]
             rng = random.Random(f"{self.seed}:{sample['__epoch__']}:{sample['__url__']}:{sample['__key__']}")
             return paragraph_denoise(ids, self.target_len, self.mask_fraction, rng)
         src, tgt = sample["src_ids"].tolist(), sample["tgt_ids"].tolist()

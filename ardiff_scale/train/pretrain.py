@@ -119,7 +119,10 @@ def _validation_loss(trainer: Trainer, config: Config, tokenizer: Tokenizer, max
     return sum(losses) / len(losses)
 
 
-def run_pretraining(config: Config, time_budget: float | None = None) -> PretrainResult:
+def run_pretraining(config: Config, time_budget: float | None = None,
+                    init_weights: dict[str, torch.Tensor] | None = None) -> PretrainResult:
+    """Train on `config.data.train` shards: span denoising for pretraining shards, seq2seq for task shards
+    (fine-tuning, from `init_weights` when given). A resumed run ignores `init_weights`."""
     tokenizer = _check_inputs(config)
     train = config.train
     if train.threads:
@@ -174,6 +177,8 @@ def run_pretraining(config: Config, time_budget: float | None = None) -> Pretrai
 
     torch.manual_seed(train.seed)  # the same initial weights on every rank and in every run
     model = ARDiffusionModel(config.model)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
     trainer = Trainer(config, model, callbacks, load_universal=bool(tag) and saved_world != world)
     trainer.data_state = loader.state_dict
     if tag:

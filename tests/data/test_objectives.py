@@ -1,10 +1,8 @@
 import random
 
 import pytest
-import torch
 
-from ardiff_scale.data.objectives import (collate, paragraph_denoise, pretraining_examples, seq2seq_example,
-                                          split_document)
+from ardiff_scale.data.objectives import collate, paragraph_denoise, seq2seq_example, split_document
 from ardiff_scale.data.tokenizer import BOS, EOS, MASK, PAD
 
 
@@ -25,8 +23,9 @@ def test_paragraph_denoise_never_leaks_the_span_into_the_source(seed):
     assert ex.target[0] == BOS and ex.target[-1] == EOS
     assert 1 <= len(span) <= 30
     assert not set(span) & set(ex.source)
+    assert ex.source[0] == BOS and ex.source[-1] == EOS
     hole = ex.source.index(MASK)
-    assert ex.source[:hole] + span + ex.source[hole + 1:] == window
+    assert ex.source[1:hole] + span + ex.source[hole + 1:-1] == window
 
 
 def test_seq2seq_truncation_and_collate_padding():
@@ -40,14 +39,3 @@ def test_seq2seq_truncation_and_collate_padding():
     assert collate([short], 6, source_len=16)["src_ids"].shape == (1, 16)
     with pytest.raises(ValueError, match="exceeds source_len"):
         collate([ex], 6, source_len=4)
-
-
-def test_pretraining_examples_fit_the_model_lengths():
-    rng = random.Random(0)
-    docs = [list(range(5, 5 + n)) for n in (40, 300, 10)]
-    examples = list(pretraining_examples(docs, source_len=64, target_len=16, mask_fraction=0.3, min_tokens=20,
-                                         rng=rng))
-    assert len(examples) == 1 + 5  # 300 tokens -> 4 windows of 64 and a 44-token tail; the 10-token doc dropped
-    assert all(len(e.source) <= 64 and len(e.target) <= 16 for e in examples)
-    batch = collate(examples, 16, 64)
-    assert batch["tgt_ids"].dtype == torch.int64

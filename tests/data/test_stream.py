@@ -1,7 +1,6 @@
 """The streaming reader against real shards, real processes and real servers on 127.0.0.1."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess

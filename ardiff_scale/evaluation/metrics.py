@@ -1,0 +1,159 @@
+"""Corpus-level metrics for generated text, computed through the reference libraries.
+
+Every value is a percentage in [0, 100], as the papers report them:
+- `rouge`: Google's rouge-score (the library behind most ROUGE numbers reported from Python). Keys rouge1,
+  rouge2, rougeL: F1, Porter stemming on, rouge-score's own tokenisation (lower-cased, letters and digits only);
+  the best-scoring reference of each example counts (RougeScorer.score_multi); averaged over examples.
+  The paper's numbers came from the Perl ROUGE-1.5.5 (files2rouge), which differs slightly.
+- `bleu`: SacreBLEU `corpus_bleu` against all references of each example (variable counts are passed as
+  missing references, which SacreBLEU drops per segment), its defaults otherwise: 13a tokenisation,
+  case-sensitive, exponential smoothing. `sacrebleu` is the same metric under another key.
+- `concept_coverage`: the share of each source's concepts that the hypothesis mentions (see
+  `concept_coverage`), averaged over examples.
+
+A metric name may carry options after colons, `bleu:intl`, `sacrebleu:13a:lc`: a SacreBLEU tokenizer name
+(`BLEU_TOKENIZERS`) and/or `lc` to lower-case both sides. Its result key is the name with ":" as "_"
+(`bleu:intl` -> `bleu_intl`); `rouge` gives three keys.
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import get_close_matches
+from typing import Sequence
+
+import sacrebleu
+from sacrebleu.metrics.bleu import _TOKENIZERS
+
+from ardiff_scale.errors import ConfigError, DataError
+
+METRICS = ("rouge", "bleu", "sacrebleu", "concept_coverage")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+BLEU_TOKENIZERS = tuple(_TOKENIZERS)
+LOWERCASE = "lc"
+_OPTIONS = {"rouge": (), "bleu": (*BLEU_TOKENIZERS, LOWERCASE), "sacrebleu": (*BLEU_TOKENIZERS, LOWERCASE),
+            "concept_coverage": ()}
+# Endings that make a lemma into a plural, 3rd person, past or gerund form ("dance" -> "danced").
+_SUFFIXES = ("s", "es", "d", "ed", "ing")
+_WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
+_VOWELS = set("aeiou")
+
+
+def parse_metric(name: str) -> tuple[str, tuple[str, ...]]:
+    """`"bleu:intl:lc"` -> `("bleu", ("intl", "lc"))`, after checking both against what is valid."""
+    base, *options = name.split(":")
+    if base not in METRICS:
+        close = get_close_matches(base, METRICS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown metric {name!r}{hint} (valid: {', '.join(METRICS)}; "
+                          f"bleu and sacrebleu take options such as bleu:intl or bleu:lc)")
+    valid = _OPTIONS[base]
+    for option in options:
+        if option not in valid:
+            allowed = f"valid: {', '.join(valid)}" if valid else f"{base} takes no options"
+            raise ConfigError(f"metric {name!r}: unknown option {option!r} ({allowed})")
+    tokenizers = [o for o in options if o != LOWERCASE]
+    if len(tokenizers) > 1:
+        raise ConfigError(f"metric {name!r} names {len(tokenizers)} tokenizers ({', '.join(tokenizers)}); give one")
+    return base, tuple(options)
+
+
+def check_metrics(names: Sequence[str]) -> None:
+    """Raises ConfigError for the first invalid name, so a task fails before anything runs."""
+    for name in names:
+        parse_metric(name)
+
+
+def metric_keys(name: str) -> list[str]:
+    """The keys `compute_metrics` returns for `name`."""
+    base, _ = parse_metric(name)
+    return list(ROUGE_TYPES) if base == "rouge" else [name.replace(":", "_")]
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 (x100); each example scores against its best reference."""
+    # Imported here: rouge-score pulls in nltk, which takes seconds to import.
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for hypothesis, refs in zip(hypotheses, references):
+        scores = scorer.score_multi(list(refs), hypothesis)
+        for key in ROUGE_TYPES:
+            totals[key] += scores[key].fmeasure
+    return {key: 100.0 * total / len(hypotheses) for key, total in totals.items()}
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], tokenize: str = "13a",
+         lowercase: bool = False) -> float:
+    """SacreBLEU corpus BLEU; `references[i]` holds example i's references, as many as it has."""
+    # SacreBLEU wants reference streams (stream k = every example's k-th reference); None marks an
+    # example with fewer references, and SacreBLEU leaves it out of that example's clipping and lengths.
+    streams = [[refs[k] if k < len(refs) else None for refs in references]
+               for k in range(max(len(refs) for refs in references))]
+    return sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize=tokenize, lowercase=lowercase).score
+
+
+def concept_forms(concept: str) -> set[str]:
+    """The concept and its regular inflections: +s/es/d/ed/ing; a final e dropped before -ing/-ed
+    (make -> making); consonant+y -> ies/ied (carry -> carries); a final consonant doubled before
+    -ing/-ed (run -> running). Irregular forms (ran, went, children) are not covered."""
+    c = concept.lower()
+    forms = {c} | {c + suffix for suffix in _SUFFIXES}
+    if c.endswith("e"):
+        forms |= {c[:-1] + "ing", c[:-1] + "ed"}
+    if len(c) > 1 and c.endswith("y") and c[-2] not in _VOWELS:
+        forms |= {c[:-1] + "ies", c[:-1] + "ied"}
+    if len(c) > 1 and c[-1].isalpha() and c[-1] not in _VOWELS and c[-1] not in "wxy":
+        forms |= {c + c[-1] + "ing", c + c[-1] + "ed"}
+    return forms
+
+
+def concept_coverage(hypotheses: Sequence[str], sources: Sequence[str]) -> float:
+    """Mean over examples of the percentage of the source's concepts (whitespace-separated, as in
+    concept2text and CommonGen sources) that occur in the hypothesis as a whole word, in the concept's
+    form or a regular inflection (`concept_forms`); case-insensitive. Words are runs of letters and digits,
+    with inner hyphens and apostrophes kept ("t-shirt")."""
+    total = 0.0
+    for i, (hypothesis, source) in enumerate(zip(hypotheses, sources)):
+        concepts = sorted(set(source.lower().split()))
+        if not concepts:
+            raise DataError(f"concept_coverage: source #{i} has no concepts (got {source!r})")
+        words = set(_WORD.findall(hypothesis.lower()))
+        total += sum(bool(concept_forms(c) & words) for c in concepts) / len(concepts)
+    return 100.0 * total / len(hypotheses)
+
+
+def compute_metrics(names: Sequence[str], hypotheses: Sequence[str], references: Sequence[Sequence[str]],
+                    sources: Sequence[str] | None = None) -> dict[str, float]:
+    """Corpus metrics (percentages) of `hypotheses[i]` against `references[i]` (one or more strings);
+    `sources` are needed by concept_coverage only. Names as in the module docstring; the result maps each
+    name's keys (`metric_keys`) to its value, in the order asked."""
+    parsed = [(name, *parse_metric(name)) for name in names]
+    if not hypotheses:
+        raise DataError("no hypotheses to score")
+    if len(references) != len(hypotheses):
+        raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists; "
+                        f"give one list of references per hypothesis")
+    needs_refs = any(base != "concept_coverage" for _, base, _ in parsed)
+    if needs_refs:
+        empty = [i for i, refs in enumerate(references) if not refs]
+        if empty:
+            raise DataError(f"{len(empty)} examples have no reference (first: #{empty[0]}); "
+                            f"reference-based metrics need at least one per example")
+    if any(base == "concept_coverage" for _, base, _ in parsed):
+        if sources is None or len(sources) != len(hypotheses):
+            got = "none" if sources is None else len(sources)
+            raise DataError(f"concept_coverage needs one source (concept set) per hypothesis "
+                            f"({len(hypotheses)} hypotheses, sources: {got})")
+    results: dict[str, float] = {}
+    for name, base, options in parsed:
+        if base == "rouge":
+            results |= rouge(hypotheses, references)
+        elif base in ("bleu", "sacrebleu"):
+            tokenize = next((o for o in options if o != LOWERCASE), "13a")
+            value = bleu(hypotheses, references, tokenize=tokenize, lowercase=LOWERCASE in options)
+            results[name.replace(":", "_")] = value
+        else:
+            results[name] = concept_coverage(hypotheses, sources)
+    return results
