@@ -58,6 +58,24 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     pretrain(args.recipe, args.overrides)
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from ardiff_scale.train.finetune import finetune
+    finetune(args.task, args.init, args.output, args.overrides, args.samples_per_shard)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ardiff_scale.evaluation.evaluate import evaluate
+    index, _, parts = args.part.partition("/")
+    evaluate(args.task, args.checkpoint, args.output, args.split, args.limit, (int(index), int(parts or 1)),
+             args.steps, args.candidates, args.seed)
+
+
+def cmd_suite_run(args: argparse.Namespace) -> None:
+    from ardiff_scale.jobs.suite import run_suite
+    run_suite([t for t in args.tasks.split(",") if t], args.init, args.address, args.output, args.overrides,
+              args.limit, args.max_failures, args.tracking_uri or "", args.seed)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from ardiff_scale.train.consolidate import export_checkpoint
     export_checkpoint(args.run, args.output, args.tag, args.ema, args.tokenizer)
@@ -71,6 +89,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from ardiff_scale.commands import demo
     demo(args.corpus, args.output, args.minutes, args.overrides)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from ardiff_scale.jobs.submit import submit
+    status = submit(args.ardiff_args, args.address, args.working_dir, args.runtime_env_json, not args.no_wait,
+                    args.num_cpus, args.num_gpus)
+    if status:
+        raise SystemExit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +166,54 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_args(p, default="tiny-cpu")
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model on a task",
+                       description="Build the task's train and valid splits into seq2seq shards with the init "
+                                   "model's tokenizer, then train from the init weights (DeepSpeed, as pretrain: "
+                                   "the same launchers, checkpoints, --resume, MLflow). Writes OUTPUT/model.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help="a task name from eval/tasks (summ-debian, deen, ...) or a YAML path")
+    p.add_argument("--init", required=True, help="pretrained model directory (OUTPUT/model of a pretrain run)")
+    p.add_argument("--output", help="run directory (default runs/finetune-TASK)")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="(default 1000)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="generate for a task's test split, select by MBR, score",
+                       description="Sample k candidates per source with the skipping sampler (M steps), pick "
+                                   "one by MBR (sentence BLEU among the candidates) and compute the task's "
+                                   "metrics. Writes OUTPUT/predictions.jsonl and OUTPUT/metrics.json.")
+    p.add_argument("--task", required=True, help="a task name from eval/tasks or a YAML path")
+    p.add_argument("--checkpoint", required=True, help="model directory to evaluate")
+    p.add_argument("--output", help="results directory (default runs/eval-TASK)")
+    p.add_argument("--split", default="test", help="train, valid or test (default test)")
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--steps", type=int, help="decoding steps M (default: the task's)")
+    p.add_argument("--candidates", type=int, help="candidates k (default: the task's)")
+    p.add_argument("--part", default="0/1", help="I/N: this worker's share of the examples (default 0/1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.set_defaults(func=cmd_evaluate)
+
+    suite = sub.add_parser("suite", help="fine-tune and evaluate on several tasks through Ray").add_subparsers(
+        dest="action", required=True)
+    p = suite.add_parser("run", help="a Ray driver: per task a fine-tune (Ray Train + DeepSpeed), then evaluation",
+                         description="Schedule per task a fine-tune (Ray Train TorchTrainer workers with DeepSpeed "
+                                     "inside, resources from the task YAML, retried from the last checkpoint on "
+                                     "failure) and then its evaluation (Ray tasks over parts of the test set). "
+                                     "Tasks run concurrently as far as the cluster allows. MLflow gets a parent "
+                                     "run, a child run per task and stage, a results table and a bar chart; each "
+                                     "task's model is registered as a pyfunc model.",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
+    p.add_argument("--init", required=True, help="pretrained model directory")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--output", default="runs/suite", help="suite directory (default runs/suite)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N test examples per task")
+    p.add_argument("--max-failures", type=int, default=2, help="fine-tune worker restarts allowed (default 2)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the suite dir)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value", help="fine-tune config overrides")
+    p.set_defaults(func=cmd_suite_run)
+
     p = sub.add_parser("export", help="a DeepSpeed checkpoint as one model directory (safetensors)",
                        description="Consolidate a checkpoint of a pretraining run (any ZeRO stage, any world "
                                    "size) into a model directory: model.safetensors, config.yaml and the "
@@ -172,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=6.0, help="training time budget; training stops at train.max_steps or after this long (default 6)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("submit", help="run an ardiff command as a Ray job and follow it",
+                       description="Submit `ardiff ARGS` (as `python -m ardiff_scale.cli ARGS`, with the\n"
+                                   "cluster's python) through Ray's Job Submission API, stream its output and\n"
+                                   "exit with its status: 0 when it succeeded, 1 when it failed or was stopped.\n"
+                                   "See cluster/README.md for starting a cluster.",
+                       epilog="example:\n  ardiff submit --working-dir . -- pretrain --recipe xsum train.max_steps=100",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", help="the cluster's dashboard/job API address (default: $RAY_ADDRESS, else "
+                                     "http://127.0.0.1:8265)")
+    p.add_argument("--working-dir", help="directory (or URL of a .zip) uploaded as the job's working directory; "
+                                         "`--working-dir .` ships this checkout (default: none, the package "
+                                         "installed on the cluster runs)")
+    p.add_argument("--runtime-env-json", help='Ray runtime environment as JSON, e.g. '
+                                              '\'{"env_vars": {"MLFLOW_TRACKING_URI": "http://HOST:5000"}}\'')
+    p.add_argument("--num-cpus", type=float, help="CPUs reserved for the ardiff process (default: none)")
+    p.add_argument("--num-gpus", type=float, help="GPUs reserved for the ardiff process; places it on a GPU node")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return without following it")
+    p.add_argument("ardiff_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                   help="the ardiff command to run, after --")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -129,6 +129,7 @@ class TrackingConfig:
     experiment: str = ""
     run_name: str = ""
     enabled: bool = True
+    parent_run_id: str = ""  # nests this run under another (a suite's parent run)
 
     def validate(self, prefix: str = "tracking") -> None:
         """Every value is acceptable here; an unreachable tracking server is reported when the run starts."""

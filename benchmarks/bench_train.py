@@ -5,7 +5,7 @@ Each (processes, stage) pair is a fresh run of `_train_worker.py`: a plain proce
 --num_gpus N` for more, inside a network namespace with only loopback where `unshare -n` works. MFU is set
 against this machine's fp32 matmul rate at each process's thread count, times the number of processes.
 
-    .venv/bin/python benchmarks/bench_train.py            # xsum preset, ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_train.py            # xsum preset, ~12 minutes on 2 cores
     .venv/bin/python benchmarks/bench_train.py --quick    # tiny preset, stages 0 and 3, a smoke check
 """
 

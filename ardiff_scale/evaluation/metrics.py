@@ -19,17 +19,16 @@ A metric name may carry options after colons, `bleu:intl`, `sacrebleu:13a:lc`: a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from difflib import get_close_matches
-from typing import Sequence
 
 import sacrebleu
-from sacrebleu.metrics.bleu import _TOKENIZERS
 
 from ardiff_scale.errors import ConfigError, DataError
 
 METRICS = ("rouge", "bleu", "sacrebleu", "concept_coverage")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-BLEU_TOKENIZERS = tuple(_TOKENIZERS)
+BLEU_TOKENIZERS = tuple(sacrebleu.BLEU.TOKENIZERS)
 LOWERCASE = "lc"
 _OPTIONS = {"rouge": (), "bleu": (*BLEU_TOKENIZERS, LOWERCASE), "sacrebleu": (*BLEU_TOKENIZERS, LOWERCASE),
             "concept_coverage": ()}
@@ -135,17 +134,15 @@ def compute_metrics(names: Sequence[str], hypotheses: Sequence[str], references:
     if len(references) != len(hypotheses):
         raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists; "
                         f"give one list of references per hypothesis")
-    needs_refs = any(base != "concept_coverage" for _, base, _ in parsed)
-    if needs_refs:
-        empty = [i for i, refs in enumerate(references) if not refs]
-        if empty:
-            raise DataError(f"{len(empty)} examples have no reference (first: #{empty[0]}); "
-                            f"reference-based metrics need at least one per example")
-    if any(base == "concept_coverage" for _, base, _ in parsed):
-        if sources is None or len(sources) != len(hypotheses):
-            got = "none" if sources is None else len(sources)
-            raise DataError(f"concept_coverage needs one source (concept set) per hypothesis "
-                            f"({len(hypotheses)} hypotheses, sources: {got})")
+    empty = [i for i, refs in enumerate(references) if not refs]
+    if empty and any(base != "concept_coverage" for _, base, _ in parsed):
+        raise DataError(f"{len(empty)} examples have no reference (first: #{empty[0]}); "
+                        f"reference-based metrics need at least one per example")
+    coverage = any(base == "concept_coverage" for _, base, _ in parsed)
+    if coverage and (sources is None or len(sources) != len(hypotheses)):
+        got = "none" if sources is None else len(sources)
+        raise DataError(f"concept_coverage needs one source (concept set) per hypothesis "
+                        f"({len(hypotheses)} hypotheses, sources: {got})")
     results: dict[str, float] = {}
     for name, base, options in parsed:
         if base == "rouge":

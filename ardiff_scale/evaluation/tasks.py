@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Iterator, Sequence, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -38,7 +39,7 @@ LAYOUTS = {
     "xsum": "bbc-summary-data/ and XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json",
     "xsum-lines": "{train,val,test}.{source,target}",
     "cnndm": "cnn/stories/, dailymail/stories/ and url_lists/",
-    "iwslt": "train.tags.<pair>.<lang> and IWSLT*.TED.<set>.<pair>.<lang>.xml (a folder such as de-en/)",
+    "iwslt": "train.tags.<pair>.<lang> and IWSLT*.TED.<set>.<pair>.<lang>.xml, e.g. a de-en/ folder",
     "commongen": "commongen.{train,dev,test_noref}.jsonl",
 }
 # Run-config fields a task sets through its own keys, which its overrides must therefore leave alone.
@@ -172,7 +173,7 @@ def _build(cls: type, values: Any, prefix: str, where: str) -> Any:
     known = [f.name for f in fields(cls) if f.name != "path"]
     for key in values:
         if key not in known:
-            raise ConfigError(f"unknown field {prefix}{key!r} in {where}{_did_you_mean(str(key), known)} "
+            raise ConfigError(f"unknown field '{prefix}{key}' in {where}{_did_you_mean(str(key), known)} "
                               f"(valid in {section}: {', '.join(known)})")
     required = [f.name for f in fields(cls)
                 if f.name in known and f.default is MISSING and f.default_factory is MISSING]
@@ -271,7 +272,7 @@ def _locate(location: str, fmt: str, where: str) -> str:
         if default is not None:
             return default
         raise DataError(f"data.location in {where} refers to ${{{name}}}, which is not set; "
-                        f"export {name} as the {fmt} data folder (holding {LAYOUTS[fmt]})")
+                        f"export {name}=<the {fmt} data folder, holding {LAYOUTS[fmt]}>")
 
     expanded = os.path.expanduser(_VARIABLE.sub(substitute, location))
     if "://" in expanded or os.path.isabs(expanded):

@@ -27,6 +27,11 @@ from ardiff_scale.errors import ArdiffError
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+# Exec'd in front of `ray start`: asks Linux for a SIGTERM when the process that started it dies (prctl
+# PR_SET_PDEATHSIG survives exec). Done this way rather than with Popen's preexec_fn, which is unsafe in the
+# presence of threads.
+DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def free_port() -> int:
@@ -85,22 +90,19 @@ class LocalHead:
         if self.owns_temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalHead":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 def start_local_head(port: int | None = None, dashboard_port: int | None = None, num_cpus: int = 2,
                      object_store_mb: int = 200, temp_dir: str | Path | None = None,
-                     timeout: float = 120.0) -> LocalHead:
+                     timeout: float = 120.0, die_with_parent: bool = True) -> LocalHead:
     """Start a Ray head bound to 127.0.0.1 and return once its job API answers.
 
     port: the GCS port; dashboard_port: the dashboard and job API port (both default to free ports).
     Every other port the head opens is also picked free, so two heads (two test sessions) can run side by side.
     temp_dir: Ray's session directory root; the default is a fresh short directory under /tmp (Ray's Unix
     socket paths must stay under ~100 characters), removed again by `stop()`.
+    die_with_parent: on Linux, SIGTERM the head when this process dies without calling `stop()` (a test run
+    killed from outside), so no head outlives the tests that started it. Linux ties this to the calling
+    thread: call from a thread that lives as long as the head should (the main thread).
     """
     owns_temp_dir = temp_dir is None
     temp_dir = Path(tempfile.mkdtemp(prefix="ardiff-ray-", dir="/tmp") if temp_dir is None else temp_dir)
@@ -118,6 +120,8 @@ def start_local_head(port: int | None = None, dashboard_port: int | None = None,
                "--dashboard-agent-grpc-port", str(free_port()),
                "--runtime-env-agent-port", str(free_port()),
                "--metrics-export-port", str(free_port())]
+    if die_with_parent and sys.platform.startswith("linux"):
+        command = [sys.executable, "-c", DIE_WITH_PARENT, *command]
     log_path = temp_dir / "ray-start.log"
     with open(log_path, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -137,7 +141,8 @@ def _wait_for_job_api(head: LocalHead, agent_port: int, log_path: Path, timeout:
     """Poll GET /api/version, then the dashboard agent's HTTP port: the job API hands each submission to the
     head node's agent and answers 500 "No available agent" until that agent is up."""
     deadline = time.monotonic() + timeout
-    for what, ready in ((f"{head.dashboard_url}/api/version", lambda: _answers(head.dashboard_url + "/api/version")),
+    version_url = f"{head.dashboard_url}/api/version"
+    for what, ready in ((version_url, lambda: _answers(version_url)),
                         (f"the dashboard agent on {HOST}:{agent_port}", lambda: _accepts(agent_port))):
         while not ready():
             if head.process.poll() is not None:

@@ -32,7 +32,7 @@ def resolve_tracking_uri(configured: str, run_dir: Path) -> str:
 
 class MLflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: Path | None = None,
-                 buffer: int = 200_000, max_backoff: float = 30.0):
+                 buffer: int = 200_000, max_backoff: float = 30.0, parent_run_id: str = ""):
         # Fail fast inside the client; the thread does the retrying, without blocking training.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -41,6 +41,7 @@ class MLflowTracker:
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.artifact_root = artifact_root
+        self.parent_run_id = parent_run_id
         self.buffer, self.max_backoff = buffer, max_backoff
         self.queue: deque[tuple[str, Any]] = deque()
         self.lock = threading.Condition()
@@ -100,7 +101,8 @@ class MLflowTracker:
             experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
-        self.run_id = self.client.create_run(experiment_id, run_name=self.run_name).info.run_id
+        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
+        self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
         log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self.tracking_uri)
 
     def _send(self, items: list[tuple[str, Any]]) -> None:

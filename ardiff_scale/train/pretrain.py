@@ -149,7 +149,7 @@ def run_pretraining(config: Config, time_budget: float | None = None,
         tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, out)
         experiment = config.tracking.experiment or f"ardiff-{Path(config.recipe).stem if config.recipe else 'pretrain'}"
         tracker = MLflowTracker(tracking_uri, experiment, config.tracking.run_name or out.name,
-                                artifact_root=out / "mlartifacts")
+                                artifact_root=out / "mlartifacts", parent_run_id=config.tracking.parent_run_id)
         manifest = Path(config.data.train) / "manifest.json"
         artifacts = [p for p in (Path(config.data.tokenizer + ".json"), manifest) if p.exists()]
         tracking = MLflowLogging(tracker, history, throughput, artifacts)

@@ -1,0 +1,127 @@
+"""A suite in MLflow: the parent run with its results, an evaluation child run per task, and each task's model
+in the Model Registry as a pyfunc whose `predict` generates text (so `mlflow models serve` can serve it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.tracking import MlflowClient
+
+
+class ARDiffusionPyfunc(mlflow.pyfunc.PythonModel):
+    """predict(DataFrame with a "source" column, or a list of strings) -> generated texts, one per source,
+    with the skipping sampler (M and k from the model's config; k > 1 picks by MBR)."""
+
+    def load_context(self, context) -> None:
+        from ardiff_scale.export import load_model_dir
+        self.model, self.config, self.tokenizer = load_model_dir(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        from ardiff_scale.data.objectives import collate, seq2seq_example
+        from ardiff_scale.diffusion import make_schedule, sample
+        from ardiff_scale.evaluation.mbr import mbr_select
+
+        sources = list(model_input["source"]) if hasattr(model_input, "columns") else list(model_input)
+        data, diffusion = self.config.data, self.config.diffusion
+        schedule = make_schedule(diffusion.schedule, diffusion.num_steps)
+        outputs = []
+        for i, text in enumerate(sources):
+            batch = collate([seq2seq_example(self.tokenizer.encode(str(text)), [], data.source_len, data.target_len)],
+                            data.target_len)
+            out = sample(self.model, batch["src_ids"], batch["src_mask"], data.target_len, schedule,
+                         decode_steps=diffusion.decode_steps, num_candidates=diffusion.num_candidates,
+                         form=diffusion.timestep_form, clamp=diffusion.clamp,
+                         generator=torch.Generator().manual_seed(i))
+            texts = [" ".join(self.tokenizer.decode(row.tolist()).split()) for row in out.tokens[0]]
+            outputs.append(texts[mbr_select([texts])[0]])
+        return outputs
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+class SuiteRun:
+    """The suite's parent run."""
+
+    def __init__(self, tracking_uri: str, experiment: str, tasks: list[str], init: str):
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment_id = _experiment_id(self.client, experiment)
+        run = self.client.create_run(self.experiment_id, run_name="suite", tags={"ardiff.stage": "suite"})
+        self.run_id = run.info.run_id
+        self.client.log_param(self.run_id, "tasks", ",".join(tasks))
+        self.client.log_param(self.run_id, "init", init)
+
+    def finish(self, results: list[dict], seconds: float, connect_seconds: float, out: Path,
+               status: str = "FINISHED") -> dict:
+        """Writes results.json, results.md and results.png to `out` and logs them on the parent run."""
+        summary = {"tasks": results, "seconds": round(seconds, 2), "connect_seconds": round(connect_seconds, 2),
+                   "parent_run_id": self.run_id}
+        if results:
+            (out / "results.json").write_text(json.dumps(summary, indent=2))
+            (out / "results.md").write_text(results_table(results))
+            bar_chart(results, out / "results.png")
+            for name in ("results.json", "results.md", "results.png"):
+                self.client.log_artifact(self.run_id, str(out / name))
+            self.client.log_metric(self.run_id, "suite_seconds", seconds)
+        self.client.set_terminated(self.run_id, status)
+        return summary
+
+
+def results_table(results: list[dict]) -> str:
+    keys = sorted({k for r in results for k in r["metrics"]})
+    head = ["task", *keys, "examples", "fine-tune s", "eval s", "sources/s"]
+    rows = [[r["task"], *[f"{r['metrics'].get(k, float('nan')):.2f}" for k in keys], str(r["examples"]),
+             f"{r['finetune_seconds']:.1f}", f"{r['eval_seconds']:.1f}", f"{r['sources_per_second']:.2f}"]
+            for r in results]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def bar_chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in results for k in r["metrics"]})
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(keys) * len(results)), 4))
+    width = 0.8 / max(1, len(results))
+    for i, result in enumerate(results):
+        ax.bar([k + i * width for k in range(len(keys))], [result["metrics"].get(k, 0.0) for k in keys], width,
+               label=result["task"])
+    ax.set_xticks([k + width * (len(results) - 1) / 2 for k in range(len(keys))], keys)
+    ax.set_ylabel("score (%)")
+    ax.set_title("suite results")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def log_eval_run(tracking_uri: str, experiment: str, parent_run_id: str, task: str, metrics: dict, info: dict,
+                 results_dir: Path, model_dir: str) -> str:
+    """The task's evaluation child run: metrics, predictions and the registered pyfunc model. Returns the
+    registered model's name."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(_experiment_id(client, experiment), run_name=f"{task}-evaluate",
+                            tags={"mlflow.parentRunId": parent_run_id, "ardiff.stage": "evaluate", "ardiff.task": task})
+    run_id = run.info.run_id
+    for key, value in {**metrics, "examples": info["examples"], "sources_per_second": info["sources_per_second"],
+                       "finetune_seconds": info["finetune_seconds"], "eval_seconds": info["eval_seconds"]}.items():
+        client.log_metric(run_id, key, float(value))
+    for name in ("predictions.jsonl", "metrics.json"):
+        client.log_artifact(run_id, str(results_dir / name), "eval")
+    name = f"ardiff-{task}"
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pyfunc.log_model(name="model", python_model=ARDiffusionPyfunc(), artifacts={"model_dir": model_dir},
+                                registered_model_name=name)
+    client.set_terminated(run_id, "FINISHED")
+    return name
