@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Callable, Sequence, get_type_hints
+from typing import Any, Callable, Sequence, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -185,14 +185,14 @@ def shipped_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 
-def _did_you_mean(name: str, valid: Sequence[str]) -> str:
+def did_you_mean(name: str, valid: Sequence[str]) -> str:
     close = get_close_matches(name, valid, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _check_known(name: str, valid: Sequence[str], what: str, where: str) -> None:
     if name not in valid:
-        raise ConfigError(f"unknown {what} {name!r} in {where}{_did_you_mean(name, valid)} "
+        raise ConfigError(f"unknown {what} {name!r} in {where}{did_you_mean(name, valid)} "
                           f"(valid: {', '.join(valid)})")
 
 
@@ -220,18 +220,22 @@ def apply_overrides(tree: dict[str, dict[str, Any]], overrides: Sequence[str]) -
     return merged
 
 
-def _coerce(value: Any, kind: type, key: str, where: str) -> Any:
+def coerce(value: Any, kind: Any, key: str, where: str) -> Any:
+    """`value` as a `kind` (int, float, str, bool or list[...]), or a ConfigError naming key, value and origin."""
+    if get_origin(kind) is list:
+        (item_kind,) = get_args(kind)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list of {item_kind.__name__}s (got {value!r}) in {where}")
+        return [coerce(item, item_kind, f"{key}[{i}]", where) for i, item in enumerate(value)]
     # YAML 1.1 reads 3e-4 (no dot) as a string, so float fields take numeric strings too.
-    if kind is float and isinstance(value, str):
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             value = float(value)
         except ValueError:
             pass
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
         article = "an" if kind is int else "a"
         raise ConfigError(f"{key} must be {article} {kind.__name__} (got {value!r}) in {where}")
     return value
@@ -242,7 +246,7 @@ def _build(section: str, values: dict[str, Any], where: Callable[[str], str]) ->
     hints = get_type_hints(cls)
     for name in values:
         _check_known(name, _field_names(section), f"{section} field", where(f"{section}.{name}"))
-    typed = {name: _coerce(value, hints[name], f"{section}.{name}", where(f"{section}.{name}"))
+    typed = {name: coerce(value, hints[name], f"{section}.{name}", where(f"{section}.{name}"))
              for name, value in values.items()}
     return cls(**typed)
 
@@ -256,7 +260,7 @@ def _resolve_recipe(recipe: str | Path) -> Path:
         return shipped
     names = shipped_recipes()
     raise ConfigError(f"recipe {str(recipe)!r} is neither a file nor a shipped recipe"
-                      f"{_did_you_mean(str(recipe), names)} (shipped: {', '.join(names)})")
+                      f"{did_you_mean(str(recipe), names)} (shipped: {', '.join(names)})")
 
 
 def _read_recipe(path: Path) -> dict[str, dict[str, Any]]:
@@ -289,7 +293,7 @@ def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Con
         return OVERRIDE if key in overridden else source
 
     model = dict(tree.pop("model", {}))
-    preset_name = _coerce(model.pop("preset", ""), str, "model.preset", where("model.preset"))
+    preset_name = coerce(model.pop("preset", ""), str, "model.preset", where("model.preset"))
     if preset_name:
         _check_known(preset_name, list(PRESETS), "model preset", where("model.preset"))
         model = asdict(PRESETS[preset_name]) | model

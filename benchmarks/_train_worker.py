@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stage", type=int, required=True, help="ZeRO stage, 0 to 3")
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--steps", type=int, required=True, help="timed steps")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="train.precision")
     parser.add_argument("--checkpoint-dir", default=None, help="save and load one checkpoint here (shared by ranks)")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     return parser.parse_args()
@@ -84,7 +85,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # ZeRO-3's all_gather_into_tensor notices
     config = load_config(None, [f"model.preset={args.preset}", f"data.source_len={args.src_len}",
                                 f"data.target_len={args.tgt_len}", f"train.micro_batch_size={args.batch}",
-                                f"train.deepspeed=zero{args.stage}", "train.grad_accum=1", "tracking.enabled=false"])
+                                f"train.deepspeed=zero{args.stage}", "train.grad_accum=1", "tracking.enabled=false",
+                                f"train.precision={args.precision}"])
     torch.manual_seed(0)
     model = ARDiffusionModel(config.model)
     num_params = sum(p.numel() for p in model.parameters())

@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tgt-len", type=int, default=50, help="target length (default: 50)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps, median reported (default: 3)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="train.precision of every run; bf16 is DeepSpeed's bf16 mode (default: fp32)")
     parser.add_argument("--stages", default="0,1,2,3", help="comma-separated ZeRO stages (default: 0,1,2,3)")
     parser.add_argument("--procs", default="1,2", help="comma-separated process counts (default: 1,2)")
     parser.add_argument("--threads", type=int, default=2,
@@ -88,7 +90,7 @@ def run_worker(args: argparse.Namespace, procs: int, stage: int, isolate: list[s
                checkpoint_dir: str | None) -> dict:
     worker = [str(WORKER), "--preset", args.preset, "--batch", str(args.batch), "--src-len", str(args.src_len),
               "--tgt-len", str(args.tgt_len), "--stage", str(stage), "--warmup", str(args.warmup),
-              "--steps", str(args.steps)]
+              "--steps", str(args.steps), "--precision", args.precision]
     if checkpoint_dir:
         worker += ["--checkpoint-dir", checkpoint_dir]
     if procs == 1:
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     for threads in thread_counts:
         log.info("fp32 matmul rate, %d^3, %d thread(s)", args.matmul_size, threads)
         torch.set_num_threads(threads)
-        peak[threads] = matmul_gflops(args.matmul_size, torch.float32)
+        # MFU is against the matmul rate of the precision trained in.
+        peak[threads] = matmul_gflops(args.matmul_size, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     torch.set_num_threads(args.threads)
 
     isolate = isolation()
@@ -149,10 +152,10 @@ def main(argv: list[str] | None = None) -> None:
 
     machine = machine_info()
     params = runs[0]["params"]
-    print(f"\n{args.preset} ({params / 1e6:.1f}M parameters), fp32: {machine['cpu_model']}, "
+    print(f"\n{args.preset} ({params / 1e6:.1f}M parameters), {args.precision}: {machine['cpu_model']}, "
           f"torch {torch.__version__}, {args.threads} cores shared by the processes of a run; "
           f"network isolated: {str(bool(isolate)).lower()}")
-    print("fp32 matmul " + ", ".join(f"{t} thread(s) {g:.1f} GFLOP/s" for t, g in peak.items()) + "\n")
+    print(f"{args.precision} matmul " + ", ".join(f"{t} thread(s) {g:.1f} GFLOP/s" for t, g in peak.items()) + "\n")
     print(f"training step, batch {args.batch} per rank, src {args.src_len}, tgt {args.tgt_len}, "
           f"median of {args.steps} timed steps after {args.warmup} warmup")
     print(table(["procs", "threads/proc", "ZeRO", "s/step", "tok/s src+tgt", "GFLOP/s", "MFU %"],
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "args": vars(args), "model": preset(args.preset).to_dict(),
-                               "network_isolated": bool(isolate), "matmul_gflops_fp32_by_threads": peak,
+                               "network_isolated": bool(isolate), "precision": args.precision, "matmul_gflops_by_threads": peak,
                                "runs": runs}, indent=2) + "\n")
     log.info("wrote %s in %.0f s", out, time.perf_counter() - started)
 

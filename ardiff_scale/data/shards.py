@@ -9,6 +9,7 @@ tokenizer's sha256 and size; the inputs and the command line that built it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -235,11 +236,16 @@ def build_shards(records: Iterable[str] | Iterable[Pair], kind: str, output: str
         if batch:
             yield batch, max_tokens, min_tokens
 
-    ctx = multiprocessing.get_context("fork")
     index = 0
-    with ctx.Pool(processes, initializer=_init_worker, initargs=(tokenizer.model_bytes,)) as pool, \
-            tqdm(desc=f"shards ({kind})", unit="doc", dynamic_ncols=True) as bar:
-        for encoded, stats in pool.imap(encode, chunks()):
+    # Spawned, not forked: a fork of a process with threads (a Ray worker, a DataLoader) can deadlock.
+    pool = (multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker,
+                                                      initargs=(tokenizer.model_bytes,)) if processes > 1 else None)
+    if pool is None:
+        _init_worker(tokenizer.model_bytes)
+    with contextlib.ExitStack() as stack, tqdm(desc=f"shards ({kind})", unit="doc", dynamic_ncols=True) as bar:
+        if pool is not None:
+            stack.enter_context(pool)
+        for encoded, stats in (pool.imap(encode, chunks()) if pool else map(encode, chunks())):
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0) + value
             bar.update(stats["documents"])

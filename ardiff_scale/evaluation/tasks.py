@@ -18,13 +18,12 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
-from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
-from ardiff_scale.config import Config, apply_overrides, load_config, shipped_recipes
+from ardiff_scale.config import Config, apply_overrides, coerce, did_you_mean, load_config, shipped_recipes
 from ardiff_scale.data.tasks import FORMATS, SPLITS, Pair, ReadStats, read_pairs
 from ardiff_scale.errors import ConfigError, DataError
 from ardiff_scale.evaluation.metrics import check_metrics
@@ -156,12 +155,7 @@ def _resolve(path_or_name: str | Path) -> Path:
         return shipped
     names = shipped_tasks()
     raise ConfigError(f"task {str(path_or_name)!r} is neither a file nor a shipped task"
-                      f"{_did_you_mean(str(path_or_name), names)} (shipped: {', '.join(names) or 'none'})")
-
-
-def _did_you_mean(name: str, valid: Sequence[str]) -> str:
-    close = get_close_matches(name, valid, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+                      f"{did_you_mean(str(path_or_name), names)} (shipped: {', '.join(names) or 'none'})")
 
 
 def _build(cls: type, values: Any, prefix: str, where: str) -> Any:
@@ -173,7 +167,7 @@ def _build(cls: type, values: Any, prefix: str, where: str) -> Any:
     known = [f.name for f in fields(cls) if f.name != "path"]
     for key in values:
         if key not in known:
-            raise ConfigError(f"unknown field '{prefix}{key}' in {where}{_did_you_mean(str(key), known)} "
+            raise ConfigError(f"unknown field '{prefix}{key}' in {where}{did_you_mean(str(key), known)} "
                               f"(valid in {section}: {', '.join(known)})")
     required = [f.name for f in fields(cls)
                 if f.name in known and f.default is MISSING and f.default_factory is MISSING]
@@ -187,27 +181,8 @@ def _build(cls: type, values: Any, prefix: str, where: str) -> Any:
         if is_dataclass(kind):
             typed[key] = _build(kind, value, f"{prefix}{key}.", where)
         else:
-            typed[key] = _coerce(value, kind, f"{prefix}{key}", where)
+            typed[key] = coerce(value, kind, f"{prefix}{key}", where)
     return cls(**typed)
-
-
-def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
-    if get_origin(kind) is list:
-        (item_kind,) = get_args(kind)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list of {item_kind.__name__}s (got {value!r}) in {where}")
-        return [_coerce(item, item_kind, f"{key}[{i}]", where) for i, item in enumerate(value)]
-    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-        article = "an" if kind is int else "a"
-        raise ConfigError(f"{key} must be {article} {kind.__name__} (got {value!r}) in {where}")
-    return value
 
 
 def _check(ok: bool, key: str, value: Any, rule: str, where: str) -> None:
@@ -221,7 +196,7 @@ def _validate(spec: TaskSpec, where: str) -> None:
     _check(bool(data.location.strip()), "data.location", data.location, "a non-empty path, URL or ${VAR}", where)
     if data.format not in FORMATS:
         raise ConfigError(f"data.format {data.format!r} is not a known format in {where}"
-                          f"{_did_you_mean(data.format, FORMATS)} (valid: {', '.join(FORMATS)})")
+                          f"{did_you_mean(data.format, FORMATS)} (valid: {', '.join(FORMATS)})")
     for role in SPLITS:
         split = getattr(data, f"{role}_split")
         valid = SPLITS + (("all",) if data.format in ("xsum", "cnndm") else ())
@@ -252,7 +227,7 @@ def _check_finetune(spec: TaskSpec) -> None:
     if recipe and recipe not in shipped_recipes() and not Path(recipe).is_file():
         names = shipped_recipes()
         raise ConfigError(f"finetune.recipe {recipe!r} is neither a file nor a shipped recipe"
-                          f"{_did_you_mean(recipe, names)} (shipped: {', '.join(names)})")
+                          f"{did_you_mean(recipe, names)} (shipped: {', '.join(names)})")
     tree = apply_overrides({}, spec.finetune.overrides)
     for section, values in tree.items():
         for name in values:

@@ -15,13 +15,13 @@ from ardiff_scale.train.pretrain import PretrainResult, run_pretraining
 log = logging.getLogger("ardiff.train")
 
 
-def task_shards(task, split: str, tokenizer, directory: Path, samples_per_shard: int) -> Path:
+def task_shards(task, split: str, tokenizer, directory: Path, samples_per_shard: int, processes: int = 2) -> Path:
     """Build the split's shards once; rebuilt only if they were made with another tokenizer."""
     manifest = directory / MANIFEST
     if manifest.exists() and json.loads(manifest.read_text())["tokenizer"]["sha256"] == tokenizer.sha256:
         return directory
     build_shards(task.pairs(split), "seq2seq", str(directory), tokenizer, samples_per_shard=samples_per_shard,
-                 inputs=[f"{task.data.location} ({task.data.format}, {task.split_name(split)})"])
+                 processes=processes, inputs=[f"{task.data.location} ({task.data.format}, {task.split_name(split)})"])
     return directory
 
 
