@@ -123,6 +123,10 @@ class Trainer:
 
     def load_state_dict(self, state: dict, same_world: bool) -> None:
         self.step = state["step"]
+        # The optimizer comes back with the learning rate of the saved run's schedule; a resumed run may have
+        # changed it (a longer train.max_steps), and its own schedule must hold from the first step on.
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = self.config.train.lr * lr_factor(self.step, self.config.train)
         if same_world:
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])

@@ -13,7 +13,8 @@ def test_unreachable_server_never_blocks_and_overflow_is_counted(tmp_path):
     assert tracker.close(timeout=1.0) is False
 
 
-def test_local_store_delivers_everything_in_order(tmp_path):
+def test_local_store_delivers_everything_in_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri elsewhere sets it
     uri = resolve_tracking_uri("", tmp_path)
     assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MLflowTracker(uri, "local", "run", artifact_root=tmp_path / "artifacts")

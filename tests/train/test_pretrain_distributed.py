@@ -147,5 +147,9 @@ def test_zero2_checkpoint_resumes_on_another_world_size(before, after, shard_dir
                                  "train.resume=auto"))
     assert f"saved by {before} rank(s), now {after}" in log
     curve = losses(out)
-    assert max(curve) == 12 and all(curve[s] < curve[1] for s in range(7, 13))
+    assert sorted(curve) == list(range(1, 13))
+    assert sum(curve[s] for s in range(7, 13)) / 6 < sum(curve[s] for s in (1, 2, 3)) / 3  # it went on learning
+    # The LR schedule went on from step 6 (warmup 2, linear decay to 0 at 12), not from the start.
+    rows = {int(r["step"]): r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    assert rows[7]["lr"] == pytest.approx(3e-3 * (12 - 6) / (12 - 2))
     assert json.loads((out / "checkpoints" / "step00000012" / "COMPLETE").read_text())["world_size"] == after

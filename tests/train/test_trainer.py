@@ -62,21 +62,19 @@ def test_a_callback_can_stop_training():
     assert trainer.step == 3 and recorder.events == ["start", "end"]
 
 
-def test_bf16_loss_falls_like_fp32(shard_dir, tokenizer):
-    """The bf16 switch (DeepSpeed's bf16 mode: bf16 weights, fp32 master copy) learns like fp32."""
-    from ardiff_scale.data.pipeline import batch_iterator, open_stream
+def test_bf16_loss_falls_like_fp32():
+    """The bf16 switch (DeepSpeed's bf16 mode: bf16 weights, fp32 master copy) learns like fp32: both
+    memorise a fixed batch, to losses of the same size."""
     finals = {}
     for precision in ("fp32", "bf16"):
-        config = load_config("tiny-cpu", ["model.vocab_size=1000", "model.hidden_size=32", "model.num_heads=2",
-                                          "data.source_len=64", "data.target_len=16", "train.micro_batch_size=8",
-                                          "train.max_steps=60", "train.lr=3e-3", "train.warmup_steps=5",
-                                          f"data.train={shard_dir}", f"train.precision={precision}"])
+        config = load_config("tiny-cpu", ["model.vocab_size=50", "model.dropout=0.0", "model.attention_dropout=0.0",
+                                          "train.max_steps=150", "train.lr=2e-3", "train.warmup_steps=5",
+                                          f"train.precision={precision}"])
         torch.manual_seed(0)
         recorder = Recorder()
         trainer = Trainer(config, ARDiffusionModel(config.model), callbacks=[recorder])
-        loader, maker = open_stream(str(shard_dir), config, 0, 1, epochs=0, tokenizer=tokenizer)
-        trainer.fit(batch_iterator(loader, maker, 8))
+        trainer.fit(batches(50))
         first = sum(m.loss for m in recorder.steps[:5]) / 5
-        finals[precision] = sum(m.loss for m in recorder.steps[-5:]) / 5
-        assert finals[precision] < 0.75 * first, (precision, first, finals[precision])
-    assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.15)
+        finals[precision] = sum(m.loss for m in recorder.steps[-10:]) / 10
+        assert finals[precision] < 0.3 * first, (precision, first, finals[precision])
+    assert 0.5 < finals["bf16"] / finals["fp32"] < 2.0, finals
