@@ -124,11 +124,13 @@ def test_a_killed_finetune_worker_is_retried_from_its_checkpoint(tmp_path, init_
     assert killed, "no fine-tune worker found to kill"
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log[-4000:]
+    assert "resumed from" in log  # the restarted worker's own log line, forwarded by Ray to the driver
     steps = [int(json.loads(line)["step"]) for line in metrics.read_text().splitlines()]
-    # The restarted worker went back to the last checkpoint (every 4 steps) and went on from there to the end.
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] % 4 == 1 and steps[restart] < steps[restart - 1] + 1
-    assert steps[:restart] == list(range(1, restart + 1)) and steps[restart:] == list(range(steps[restart], 41))
+    # The restarted worker went back to the last checkpoint (every 4 steps) and on to the end: steps done after
+    # that checkpoint and before the kill appear twice, the rest once.
+    assert sorted(set(steps)) == list(range(1, 41))
+    restarts = [steps[i] for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert all(step % 4 == 1 for step in restarts) and len(restarts) <= 1
     assert json.loads((out / "results.json").read_text())["tasks"][0]["examples"] == 2
 
 
