@@ -9,11 +9,9 @@ from typing import Sequence
 
 import torch
 
-from ardiff_scale.config import Config, load_config
+from ardiff_scale.config import load_config
 from ardiff_scale.data.build import shards_command, tokenizer_command
-from ardiff_scale.data.objectives import collate, seq2seq_example
-from ardiff_scale.data.tokenizer import Tokenizer, TokenizerOptions
-from ardiff_scale.diffusion import make_schedule, sample
+from ardiff_scale.data.tokenizer import TokenizerOptions
 from ardiff_scale.errors import ConfigError, DataError
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.model import ARDiffusionModel, parameter_breakdown
@@ -46,12 +44,6 @@ def pretrain(recipe: str | None, overrides: Sequence[str]) -> None:
     run_pretraining(load_config(recipe, overrides))
 
 
-def _encode_sources(texts: Sequence[str], tokenizer: Tokenizer, config: Config) -> dict[str, torch.Tensor]:
-    examples = [seq2seq_example(tokenizer.encode(t), [], config.data.source_len, config.data.target_len)
-                for t in texts]
-    return collate(examples, config.data.target_len)
-
-
 def generate(model_dir: str, sources: Sequence[str], input_file: str | None, steps: int | None, candidates: int,
              seed: int, bf16: bool) -> None:
     texts = list(sources)
@@ -62,19 +54,20 @@ def generate(model_dir: str, sources: Sequence[str], input_file: str | None, ste
         raise ConfigError("nothing to generate: give --source TEXT or --input FILE")
     if candidates < 1:
         raise ConfigError(f"--candidates must be >= 1 (got {candidates})")
+    from ardiff_scale.evaluation.evaluate import (
+        generate_candidates,  # not at start-up: it loads the metrics
+    )
+
     model, config, tokenizer = load_model_dir(model_dir)
     steps = steps or config.diffusion.decode_steps
-    batch = _encode_sources(texts, tokenizer, config)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
     started = time.perf_counter()
-    out = sample(model, batch["src_ids"], batch["src_mask"], config.data.target_len, schedule, decode_steps=steps,
-                 num_candidates=candidates, form=config.diffusion.timestep_form, clamp=config.diffusion.clamp,
-                 generator=torch.Generator().manual_seed(seed), autocast_dtype=torch.bfloat16 if bf16 else None)
-    seconds = time.perf_counter() - started
-    for text, rows in zip(texts, out.tokens):
+    for i, text in enumerate(texts):
         print(f"source: {text}")
+        rows = generate_candidates(model, config, tokenizer, text, steps, candidates, seed * 1_000_003 + i,
+                                   autocast_dtype=torch.bfloat16 if bf16 else None)
         for k, row in enumerate(rows):
-            print(f"  [{k}] {tokenizer.decode(row.tolist())}")
+            print(f"  [{k}] {row}")
+    seconds = time.perf_counter() - started
     log.info("%d sources x %d candidates in %.2f s (M = %d)", len(texts), candidates, seconds, steps)
 
 

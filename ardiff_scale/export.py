@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from ardiff_scale.config import Config, config_to_yaml, load_config
@@ -45,7 +44,3 @@ def load_model_dir(directory: str, device: str = "cpu") -> tuple[ARDiffusionMode
     model = ARDiffusionModel(config.model)
     model.load_state_dict(load_file(os.path.join(directory, "model.safetensors"), device=device))
     return model.to(device).eval(), config, tokenizer
-
-
-def describe(config: Config) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -16,7 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ardiff_scale.data.objectives import collate, seq2seq_example
-from ardiff_scale.diffusion import make_schedule, sample
+from ardiff_scale.config import Config
+from ardiff_scale.data.tokenizer import Tokenizer
+from ardiff_scale.diffusion import NoiseSchedule, make_schedule, sample
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.evaluation.mbr import mbr_select
 from ardiff_scale.evaluation.metrics import compute_metrics
@@ -25,6 +27,22 @@ from ardiff_scale.export import load_model_dir
 from ardiff_scale.io import write_bytes
 
 log = logging.getLogger("ardiff.evaluation")
+
+
+def generate_candidates(model, config: Config, tokenizer: Tokenizer, source: str, steps: int, candidates: int,
+                        seed: int, lengths: tuple[int, int] | None = None, schedule: NoiseSchedule | None = None,
+                        autocast_dtype: torch.dtype | None = None) -> list[str]:
+    """`candidates` texts for one source, with noise seeded by `seed` alone (not by batch or position).
+
+    lengths: (source, target) tokens; default the model's data.source_len and data.target_len.
+    """
+    source_len, target_len = lengths or (config.data.source_len, config.data.target_len)
+    schedule = schedule or make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
+    batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len)], target_len)
+    out = sample(model, batch["src_ids"], batch["src_mask"], target_len, schedule, decode_steps=steps,
+                 num_candidates=candidates, form=config.diffusion.timestep_form, clamp=config.diffusion.clamp,
+                 generator=torch.Generator().manual_seed(seed), autocast_dtype=autocast_dtype)
+    return [" ".join(tokenizer.decode(row.tolist()).split()) for row in out.tokens[0]]
 
 
 def predict(task_name: str, model_dir: str, split: str = "test", limit: int | None = None,
@@ -45,12 +63,8 @@ def predict(task_name: str, model_dir: str, split: str = "test", limit: int | No
     mine = [(i, p) for i, p in enumerate(pairs) if i % parts == index]
     records = []
     for i, pair in tqdm(mine, desc=f"evaluate {task.name}", unit="source", dynamic_ncols=True):
-        example = seq2seq_example(tokenizer.encode(pair.src), [], task.lengths.source, task.lengths.target)
-        batch = collate([example], task.lengths.target)
-        out = sample(model, batch["src_ids"], batch["src_mask"], task.lengths.target, schedule, decode_steps=steps,
-                     num_candidates=k, form=config.diffusion.timestep_form, clamp=config.diffusion.clamp,
-                     generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-        texts = [" ".join(tokenizer.decode(row.tolist()).split()) for row in out.tokens[0]]
+        texts = generate_candidates(model, config, tokenizer, pair.src, steps, k, seed * 1_000_003 + i,
+                                    lengths=(task.lengths.source, task.lengths.target), schedule=schedule)
         records.append({"index": i, "id": pair.id, "src": pair.src, "refs": pair.refs, "candidates": texts})
     for record, choice in zip(records, mbr_select([r["candidates"] for r in records])):
         record["prediction"] = record["candidates"][choice]

@@ -20,24 +20,15 @@ class ARDiffusionPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.config, self.tokenizer = load_model_dir(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params=None):
-        import torch
-
-        from ardiff_scale.data.objectives import collate, seq2seq_example
-        from ardiff_scale.diffusion import make_schedule, sample
+        from ardiff_scale.evaluation.evaluate import generate_candidates
         from ardiff_scale.evaluation.mbr import mbr_select
 
         sources = list(model_input["source"]) if hasattr(model_input, "columns") else list(model_input)
-        data, diffusion = self.config.data, self.config.diffusion
-        schedule = make_schedule(diffusion.schedule, diffusion.num_steps)
+        diffusion = self.config.diffusion
         outputs = []
         for i, text in enumerate(sources):
-            batch = collate([seq2seq_example(self.tokenizer.encode(str(text)), [], data.source_len, data.target_len)],
-                            data.target_len)
-            out = sample(self.model, batch["src_ids"], batch["src_mask"], data.target_len, schedule,
-                         decode_steps=diffusion.decode_steps, num_candidates=diffusion.num_candidates,
-                         form=diffusion.timestep_form, clamp=diffusion.clamp,
-                         generator=torch.Generator().manual_seed(i))
-            texts = [" ".join(self.tokenizer.decode(row.tolist()).split()) for row in out.tokens[0]]
+            texts = generate_candidates(self.model, self.config, self.tokenizer, str(text), diffusion.decode_steps,
+                                        diffusion.num_candidates, seed=i)
             outputs.append(texts[mbr_select([texts])[0]])
         return outputs
 

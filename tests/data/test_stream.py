@@ -13,6 +13,7 @@ import pytest
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.stream import ShardLoader, ShardStream, StreamOptions
 from ardiff_scale.errors import DataError
+from ardiff_scale.jobs.cluster import free_port
 
 READER = Path(__file__).with_name("read_stream.py")
 
@@ -34,11 +35,6 @@ def all_keys(shard_dir):
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     return manifest["totals"]["samples"]
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port, timeout=30.0):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ardiff_scale.jobs.cluster import free_port
+
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
@@ -17,11 +19,6 @@ TINY = ["model.vocab_size=1000", "model.hidden_size=32", "model.num_heads=2", "m
         "model.decoder_layers=1", "model.embed_dim=16", "model.time_channels=16", "data.source_len=64",
         "data.target_len=16", "train.micro_batch_size=4", "train.log_every=20", "train.warmup_steps=5"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 90) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from ardiff_scale.jobs.cluster import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +26,6 @@ TINY = ["model.vocab_size=1000", "model.hidden_size=32", "model.num_heads=2", "m
         "data.target_len=16", "train.micro_batch_size=4", "train.lr=3e-3", "train.warmup_steps=2",
         "train.log_every=1", "tracking.enabled=false", "train.ema_rate=0.99"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _isolated() -> list[str]:
@@ -42,7 +38,7 @@ ISOLATE = _isolated() if shutil.which("unshare") and shutil.which("ip") else []
 
 def launch(nproc: int, overrides: list[str], wait: bool = True):
     cmd = [*ISOLATE, str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(BIN / "ardiff"), "pretrain", *overrides]
+           "--master_port", str(free_port()), str(BIN / "ardiff"), "pretrain", *overrides]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if not wait:
