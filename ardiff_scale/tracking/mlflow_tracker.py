@@ -50,6 +50,7 @@ class MLflowTracker:
         self.in_flight = 0  # items at the head of the queue being sent
         self.run_id: str | None = None
         self.closed = False
+        self.abandoned = False  # close() gave up: the thread stops instead of retrying forever
         self.thread = threading.Thread(target=self._deliver, name="mlflow-delivery", daemon=True)
         self.thread.start()
 
@@ -88,6 +89,9 @@ class MLflowTracker:
         self.thread.join(timeout)
         delivered = not self.thread.is_alive()
         if not delivered:
+            with self.lock:
+                self.abandoned = True
+                self.lock.notify()
             log.warning("MLflow at %s unreachable: %d items not delivered", self.tracking_uri, len(self.queue))
         if self.dropped:
             log.warning("MLflow buffer overflowed: %d metric batches dropped", self.dropped)
@@ -146,7 +150,7 @@ class MLflowTracker:
             with self.lock:
                 while not self.queue and not self.closed:
                     self.lock.wait()
-                if not self.queue:
+                if not self.queue or self.abandoned:
                     return
                 items = self._take()
                 self.in_flight = len(items)
@@ -159,7 +163,10 @@ class MLflowTracker:
                 if self.failures == 1 or self.failures % 20 == 0:
                     log.warning("MLflow delivery failed (%s); %d items kept, retrying", type(err).__name__,
                                 len(self.queue))
-                time.sleep(backoff)
+                with self.lock:
+                    # An abandoned run's thread wakes at once (close() notifies) and exits.
+                    if not self.abandoned:
+                        self.lock.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             backoff = 0.5

@@ -11,6 +11,8 @@ def test_unreachable_server_never_blocks_and_overflow_is_counted(tmp_path):
     assert time.perf_counter() - started < 0.5  # logging returns at once
     assert tracker.pending() <= 5 and tracker.dropped >= 14
     assert tracker.close(timeout=1.0) is False
+    tracker.thread.join(2.0)  # an abandoned run stops retrying: nothing keeps a dead server's thread alive
+    assert not tracker.thread.is_alive()
 
 
 def test_local_store_delivers_everything_in_order(tmp_path, monkeypatch):

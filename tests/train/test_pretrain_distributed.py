@@ -67,14 +67,15 @@ def tok_path(tmp_path_factory, tokenizer):
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_two_processes_lower_the_loss_under_each_zero_stage(stage, shard_dir, tok_path, tmp_path):
     out = tmp_path / f"zero{stage}"
-    log = launch(2, run_args(shard_dir, tok_path, out, f"train.deepspeed=zero{stage}", "train.max_steps=40"))
-    assert "[rank 0] ardiff.train: step 40/40" in log and "[rank 1] ardiff.train: step" not in log  # rank 0 logs
+    log = launch(2, run_args(shard_dir, tok_path, out, f"train.deepspeed=zero{stage}", "train.max_steps=60"))
+    assert "[rank 0] ardiff.train: step 60/60" in log and "[rank 1] ardiff.train: step" not in log  # rank 0 logs
     curve = losses(out)
-    assert sorted(curve) == list(range(1, 41))
-    first, last = sum(curve[s] for s in (1, 2, 3)) / 3, sum(curve[s] for s in (38, 39, 40)) / 3
-    assert last < 0.8 * first, f"ZeRO-{stage}: loss {first:.3f} -> {last:.3f}"
+    assert sorted(curve) == list(range(1, 61))
+    # Per-step losses are noisy (random timesteps per sample): compare window means, not single steps.
+    first, last = sum(curve[s] for s in range(1, 6)) / 5, sum(curve[s] for s in range(51, 61)) / 10
+    assert last < 0.85 * first, f"ZeRO-{stage}: loss {first:.3f} -> {last:.3f}"
     assert (out / "model" / "model.safetensors").exists() and (out / "model-ema" / "model.safetensors").exists()
-    info = json.loads((out / "checkpoints" / "step00000040" / "COMPLETE").read_text())
+    info = json.loads((out / "checkpoints" / "step00000060" / "COMPLETE").read_text())
     assert info["world_size"] == 2
     # Offline export of the last checkpoint gives the weights (and EMA) that training exported at its end.
     from safetensors.torch import load_file
