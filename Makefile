@@ -17,12 +17,14 @@ export DS_ACCELERATOR := cpu
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv .venv demo test bench clean distclean
+.PHONY: help venv .venv demo test bench reproduce clean distclean
 
 help:
 	@echo "make demo       train the tiny model on data/demo for a few minutes on CPU and print samples"
 	@echo "make test       run the test suite (pytest)"
 	@echo "make bench      model throughput benchmark (benchmarks/bench_model.py)"
+	@echo "make reproduce  the paper's claims at CPU scale: train 3 systems on 2 tasks, sweep M and k (~75 min;"
+	@echo "                report in eval/results/full); REPRODUCE_ARGS=--smoke for a few minutes' version"
 	@echo "make venv       create .venv and install the pinned dependencies (done by every target above)"
 	@echo "make clean      remove build artefacts and runs/; distclean also removes .venv"
 
@@ -47,6 +49,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV_PYTHON) benchmarks/bench_model.py $(BENCH_ARGS)
+
+reproduce: $(STAMP)
+	$(VENV)/bin/ardiff reproduce $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs mlruns mlflow.db

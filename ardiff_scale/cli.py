@@ -76,6 +76,15 @@ def cmd_suite_run(args: argparse.Namespace) -> None:
               args.limit, args.max_failures, args.tracking_uri or "", args.seed)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from ardiff_scale.evaluation.reproduce import reproduce
+    plan = "smoke" if args.smoke else args.plan
+    name = os.path.splitext(os.path.basename(plan))[0]
+    command = "ardiff " + " ".join(sys.argv[1:]) if sys.argv[1:] else "ardiff reproduce"
+    reproduce(plan, args.output or f"eval/results/{name}", args.work or f"runs/reproduce-{name}",
+              args.tracking_uri, args.fresh, command)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from ardiff_scale.train.consolidate import export_checkpoint
     export_checkpoint(args.run, args.output, args.tag, args.ema, args.tokenizer)
@@ -83,7 +92,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from ardiff_scale.commands import generate
-    generate(args.model, args.source, args.input, args.steps, args.candidates, args.seed, args.bf16)
+    generate(args.model, args.source, args.input, args.steps, args.candidates, args.seed, args.bf16,
+             args.plot_trajectory)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -193,6 +203,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("reproduce", help="the paper's claims at small scale: train three systems, sweep M and k",
+                       description="Train a tokenizer, pretrain AR-Diffusion, fine-tune AR-Diffusion, uniform-timestep "
+                                   "diffusion and an autoregressive baseline of the same size on each task of the "
+                                   "plan with one training budget, then decode the test sources at every decode "
+                                   "step count M and candidate count k of the plan (MBR, mean-of-k and oracle "
+                                   "scores apart; greedy and beam search for the baseline) and time it. Writes "
+                                   "results.md, results.json, quality_vs_steps.png and quality_vs_wallclock.png to "
+                                   "OUTPUT and logs them to MLflow. Finished models in WORK are reused, so a "
+                                   "stopped run continues.")
+    p.add_argument("--plan", default="full",
+                   help="a plan in eval/reproduce (full, smoke) or a YAML path (default full: about 2 hours on "
+                        "2 CPU cores)")
+    p.add_argument("--smoke", action="store_true", help="the smoke plan: every stage at toy size, a few minutes")
+    p.add_argument("--output", help="report directory (default eval/results/PLAN)")
+    p.add_argument("--work", help="models, shards and the default MLflow store (default runs/reproduce-PLAN)")
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a "
+                                                      "SQLite store in WORK)")
+    p.add_argument("--fresh", action="store_true", help="delete WORK first instead of reusing finished models")
+    p.set_defaults(func=cmd_reproduce)
+
     suite = sub.add_parser("suite", help="fine-tune and evaluate on several tasks through Ray").add_subparsers(
         dest="action", required=True)
     p = suite.add_parser("run", help="a Ray driver: per task a fine-tune (Ray Train + DeepSpeed), then evaluation",
@@ -234,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=1, help="candidates k per source (default 1)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
+    p.add_argument("--plot-trajectory", metavar="PATH.png",
+                   help="also draw the paper's Figure 1 from one real sampler run (k=1, same seed) on the first "
+                        "source: each target position's token timestep t (y, 0 = clean) against its position "
+                        "(x), one line per decoding step from start to end: left tokens carry less noise and, "
+                        "once the visited sentence steps fall below N, reach t = 0 first. A lower panel lists "
+                        "the tokens generated at the first 30 positions. More than 25 steps are thinned to 25. "
+                        "Written atomically; directories are created")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled corpus in a few minutes",

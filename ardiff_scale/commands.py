@@ -14,7 +14,7 @@ from ardiff_scale.data.build import shards_command, tokenizer_command
 from ardiff_scale.data.tokenizer import TokenizerOptions
 from ardiff_scale.errors import ConfigError, DataError
 from ardiff_scale.export import load_model_dir
-from ardiff_scale.model import ARDiffusionModel, parameter_breakdown
+from ardiff_scale.model import build_model, parameter_breakdown
 from ardiff_scale.model.flops import training_step_flops
 from ardiff_scale.train.pretrain import run_pretraining
 
@@ -28,13 +28,15 @@ def model_info(preset: str | None, recipe: str | None, overrides: Sequence[str],
     overrides = [*([f"model.preset={preset}"] if preset else []), *overrides]
     config = load_config(recipe, overrides)
     with torch.device("meta"):  # counts without allocating: the 1b preset would take 4 GB
-        model = ARDiffusionModel(config.model)
+        model = build_model(config.model)
     counts = parameter_breakdown(model)
     total = sum(counts.values())
     name = config.model_preset or "custom"
     print(f"model {name}: {total:,} parameters ({total / 1e6:.1f} M)")
     for module, count in counts.items():
         print(f"  {module:<16} {count:>14,}  {100 * count / total:5.1f}%")
+    if config.model.decoder != "diffusion":
+        return  # the FLOP count is AR-Diffusion's (model/flops.py)
     flops = training_step_flops(config.model, batch, src_len, tgt_len)
     print(f"training step (forward + backward), batch {batch}, source {src_len}, target {tgt_len}: "
           f"{flops / 1e9:,.1f} GFLOP")
@@ -45,7 +47,7 @@ def pretrain(recipe: str | None, overrides: Sequence[str]) -> None:
 
 
 def generate(model_dir: str, sources: Sequence[str], input_file: str | None, steps: int | None, candidates: int,
-             seed: int, bf16: bool) -> None:
+             seed: int, bf16: bool, plot_trajectory: str | None = None) -> None:
     texts = list(sources)
     if input_file:
         texts += [line.rstrip("\n") for line in Path(input_file).read_text(encoding="utf-8").splitlines()
@@ -57,18 +59,54 @@ def generate(model_dir: str, sources: Sequence[str], input_file: str | None, ste
     from ardiff_scale.evaluation.evaluate import (
         generate_candidates,  # not at start-up: it loads the metrics
     )
+    from ardiff_scale.evaluation.plots import check_png_path
 
+    if plot_trajectory is not None:
+        check_png_path(plot_trajectory, "--plot-trajectory")  # before the model loads
     model, config, tokenizer = load_model_dir(model_dir)
+    if plot_trajectory is not None and config.model.decoder != "diffusion":
+        raise ConfigError(f"--plot-trajectory draws the diffusion sampler's timesteps, but {model_dir} is an "
+                          f"{config.model.decoder} model")
     steps = steps or config.diffusion.decode_steps
+    autocast_dtype = torch.bfloat16 if bf16 else None
     started = time.perf_counter()
     for i, text in enumerate(texts):
         print(f"source: {text}")
         rows = generate_candidates(model, config, tokenizer, text, steps, candidates, seed * 1_000_003 + i,
-                                   autocast_dtype=torch.bfloat16 if bf16 else None)
+                                   autocast_dtype=autocast_dtype)
         for k, row in enumerate(rows):
             print(f"  [{k}] {row}")
     seconds = time.perf_counter() - started
     log.info("%d sources x %d candidates in %.2f s (M = %d)", len(texts), candidates, seconds, steps)
+    if plot_trajectory is not None:
+        _plot_sampler_trajectory(plot_trajectory, model, config, tokenizer, texts[0], steps, seed * 1_000_003,
+                                 autocast_dtype)
+
+
+def _plot_sampler_trajectory(path: str, model, config, tokenizer, source: str, steps: int, seed: int,
+                             autocast_dtype: torch.dtype | None) -> None:
+    """One k=1 sampler run for `source`, seeded as generate seeds it, drawn as the paper's Figure 1.
+
+    With --candidates 1 its sample is the printed candidate [0]; with k > 1 the noise after the first draw
+    is laid out differently, so it is another sample from the same seed.
+    """
+    from ardiff_scale.data.objectives import collate, seq2seq_example
+    from ardiff_scale.diffusion import make_schedule, sample
+    from ardiff_scale.evaluation.plots import plot_trajectory
+
+    source_len, target_len = config.data.source_len, config.data.target_len
+    batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len)], target_len)
+    out = sample(model, batch["src_ids"], batch["src_mask"], target_len,
+                 make_schedule(config.diffusion.schedule, config.diffusion.num_steps), decode_steps=steps,
+                 num_candidates=1, form=config.diffusion.timestep_form, clamp=config.diffusion.clamp,
+                 generator=torch.Generator().manual_seed(seed), autocast_dtype=autocast_dtype,
+                 return_trajectory=True)
+    ids = out.tokens[0, 0].tolist()
+    pieces = [tokenizer.processor.id_to_piece(i).replace("\u2581", "") or "\u2581" for i in ids]
+    plot_trajectory(path, out.trajectory.cpu(), config.diffusion.num_steps, config.diffusion.timestep_form,
+                    pieces=pieces, text=" ".join(tokenizer.decode(ids).split()), source=source)
+    log.info("sampler trajectory (N = %d, T = %d, M = %d) for the first source written to %s", target_len,
+             config.diffusion.num_steps, steps, path)
 
 
 def demo(corpus: str | None, output: str, minutes: float, overrides: Sequence[str]) -> None:

@@ -47,7 +47,8 @@ def _one_of(section: Any, prefix: str, name: str, choices: Sequence[str]) -> Non
 class DiffusionConfig:
     num_steps: int = 2000  # T
     schedule: str = "sqrt"
-    # "code" follows the official implementation (0-based, rounded); "paper" the formula as printed.
+    # "code" follows the official implementation (0-based, rounded); "paper" the formula as printed;
+    # "uniform" puts every token at the same step (the Diffusion-LM / GENIE baseline).
     timestep_form: str = "code"
     decode_steps: int = 20  # M
     num_candidates: int = 1  # k, reranked by MBR when > 1
@@ -57,7 +58,7 @@ class DiffusionConfig:
     def validate(self, prefix: str = "diffusion") -> None:
         _positive(self, prefix, "num_steps", "decode_steps", "num_candidates")
         _one_of(self, prefix, "schedule", ("sqrt",))
-        _one_of(self, prefix, "timestep_form", ("code", "paper"))
+        _one_of(self, prefix, "timestep_form", ("code", "paper", "uniform"))
         if self.decode_steps > self.num_steps:
             raise ConfigError(f"{prefix}.decode_steps must be <= {prefix}.num_steps "
                               f"(got decode_steps={self.decode_steps}, num_steps={self.num_steps})")

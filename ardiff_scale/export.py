@@ -11,15 +11,16 @@ import os
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ardiff_scale.config import Config, config_to_yaml, load_config
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.errors import DataError
 from ardiff_scale.io import write_bytes
-from ardiff_scale.model import ARDiffusionModel
+from ardiff_scale.model import build_model
 
 
-def save_model_dir(directory: str, model: ARDiffusionModel, config: Config, tokenizer: Tokenizer,
+def save_model_dir(directory: str, model: nn.Module, config: Config, tokenizer: Tokenizer,
                    weights: dict[str, torch.Tensor] | None = None) -> None:
     os.makedirs(directory, exist_ok=True)
     state = weights if weights is not None else model.state_dict()
@@ -30,7 +31,7 @@ def save_model_dir(directory: str, model: ARDiffusionModel, config: Config, toke
     tokenizer.save(os.path.join(directory, "tokenizer.model"))
 
 
-def load_model_dir(directory: str, device: str = "cpu") -> tuple[ARDiffusionModel, Config, Tokenizer]:
+def load_model_dir(directory: str, device: str = "cpu") -> tuple[nn.Module, Config, Tokenizer]:
     missing = [name for name in ("model.safetensors", "config.yaml", "tokenizer.model")
                if not os.path.exists(os.path.join(directory, name))]
     if missing:
@@ -41,6 +42,6 @@ def load_model_dir(directory: str, device: str = "cpu") -> tuple[ARDiffusionMode
     if tokenizer.vocab_size != config.model.vocab_size:
         raise DataError(f"{directory}: tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
                         f"{config.model.vocab_size}")
-    model = ARDiffusionModel(config.model)
+    model = build_model(config.model)
     model.load_state_dict(load_file(os.path.join(directory, "model.safetensors"), device=device))
     return model.to(device).eval(), config, tokenizer

@@ -72,6 +72,16 @@ def test_tokenizer_pretrain_generate_end_to_end(tmp_path):
                  "--candidates", "2", "--steps", "3")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("source:") == 1 and "[1]" in out.stdout
+    figure = tmp_path / "figures" / "fig1.png"
+    out = ardiff("generate", "--model", str(run / "model"), "--source", "a single man <mask> a good fortune",
+                 "--steps", "3", "--plot-trajectory", str(figure))
+    assert out.returncode == 0, out.stderr
+    assert "[0]" in out.stdout and str(figure) in out.stderr
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+    out = ardiff("generate", "--model", str(run / "model"), "--source", "x", "--plot-trajectory",
+                 str(tmp_path / "fig1.pdf"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--plot-trajectory" in out.stderr and "fig1.pdf" in out.stderr
 
 
 def test_pretrain_with_a_mismatched_vocabulary_names_the_fix(tmp_path):

@@ -84,7 +84,7 @@ def test_malformed_override(override):
 
 @pytest.mark.parametrize("override, pattern", [
     ("train.micro_batch_size=0", r"train\.micro_batch_size must be > 0 \(got 0\)"),
-    ("diffusion.timestep_form=foo", r"diffusion\.timestep_form must be one of code, paper \(got 'foo'\)"),
+    ("diffusion.timestep_form=foo", r"diffusion\.timestep_form must be one of code, paper, uniform \(got 'foo'\)"),
     ("train.precision=fp8", r"train\.precision must be one of .* \(got 'fp8'\)"),
     ("model.num_heads=3", r"model\.hidden_size must be divisible by model\.num_heads .*num_heads=3"),
     ("data.target_len=200",

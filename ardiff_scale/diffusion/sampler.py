@@ -98,7 +98,7 @@ def sample(denoiser: Denoiser, src_ids: torch.Tensor, src_mask: torch.Tensor, le
                                  src_mask.repeat_interleave(num_candidates, 0), cache_kv=False)
     device = src_ids.device
     x = torch.randn((rows, length, weight.shape[1]), generator=generator, device=device)
-    visited = decode_schedule(length, num_steps, decode_steps)
+    visited = decode_schedule(length, num_steps, decode_steps, form)
     steps = token_step_indices(torch.tensor(visited, device=device), length, num_steps, form)  # (M+1, length)
     clamp_fn = NearestEmbedding(weight) if clamp else None
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ardiff_scale.data.objectives import collate, seq2seq_example
 from ardiff_scale.config import Config
+from ardiff_scale.data.objectives import collate, seq2seq_example
 from ardiff_scale.data.tokenizer import Tokenizer
-from ardiff_scale.diffusion import NoiseSchedule, make_schedule, sample
+from ardiff_scale.decoding import decode
+from ardiff_scale.diffusion import NoiseSchedule, make_schedule
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.evaluation.mbr import mbr_select
-from ardiff_scale.evaluation.metrics import compute_metrics
-from ardiff_scale.evaluation.tasks import load_task
+from ardiff_scale.evaluation.metrics import (
+    compute_metrics,
+    metric_keys,
+    sentence_scores,
+)
+from ardiff_scale.evaluation.tasks import TaskSpec, load_task
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.io import write_bytes
 
@@ -35,13 +41,12 @@ def generate_candidates(model, config: Config, tokenizer: Tokenizer, source: str
     """`candidates` texts for one source, with noise seeded by `seed` alone (not by batch or position).
 
     lengths: (source, target) tokens; default the model's data.source_len and data.target_len.
+    An autoregressive model gives one text, its best beam of width `candidates`.
     """
     source_len, target_len = lengths or (config.data.source_len, config.data.target_len)
-    schedule = schedule or make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
     batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len)], target_len)
-    out = sample(model, batch["src_ids"], batch["src_mask"], target_len, schedule, decode_steps=steps,
-                 num_candidates=candidates, form=config.diffusion.timestep_form, clamp=config.diffusion.clamp,
-                 generator=torch.Generator().manual_seed(seed), autocast_dtype=autocast_dtype)
+    out = decode(model, config, batch["src_ids"], batch["src_mask"], target_len, steps, candidates,
+                 generator=torch.Generator().manual_seed(seed), schedule=schedule, autocast_dtype=autocast_dtype)
     return [" ".join(tokenizer.decode(row.tolist()).split()) for row in out.tokens[0]]
 
 
@@ -71,6 +76,39 @@ def predict(task_name: str, model_dir: str, split: str = "test", limit: int | No
     return records
 
 
+def primary_key(task: TaskSpec) -> str:
+    """The one number a task is compared on: ROUGE-L for summaries, else its first metric's first key."""
+    keys = metric_keys(task.metrics[0])
+    return "rougeL" if "rougeL" in keys else keys[0]
+
+
+def score_candidates(task: TaskSpec, candidates: list[list[str]], refs: list[list[str]], sources: list[str]
+                     ) -> dict:
+    """Three scores of k candidates per source, kept apart (k = 1: the first only):
+
+    - mbr: the MBR pick of each source (`picks`: their indices), what a user gets (no reference is looked at);
+    - mean_of_k: the metric of candidate slot j over all sources, averaged over j (a random candidate);
+    - oracle: each source's best candidate by the sentence-level primary metric against the reference, the
+      best-of-k GENIE reported, which looks at the answer.
+    """
+    started = time.perf_counter()
+    picks = mbr_select(candidates)
+    mbr_seconds = time.perf_counter() - started
+    out = {"mbr": compute_metrics(task.metrics, [c[i] for c, i in zip(candidates, picks)], refs, sources),
+           "mbr_seconds_per_source": mbr_seconds / len(candidates), "picks": picks}
+    k = min(len(c) for c in candidates)
+    if k > 1:
+        slots = [compute_metrics(task.metrics, [c[j] for c in candidates], refs, sources) for j in range(k)]
+        out["mean_of_k"] = {key: statistics.mean(s[key] for s in slots) for key in slots[0]}
+        key = primary_key(task)
+        best = []
+        for texts, source_refs in zip(candidates, refs):
+            scores = sentence_scores(key, texts, [source_refs] * len(texts))
+            best.append(texts[max(range(len(texts)), key=scores.__getitem__)])
+        out["oracle"] = compute_metrics(task.metrics, best, refs, sources)
+    return out
+
+
 def score(task_name: str, records: list[dict]) -> dict[str, float]:
     task = load_task(task_name)
     records = sorted(records, key=lambda r: r["index"])
@@ -97,6 +135,11 @@ def evaluate(task_name: str, model_dir: str, output: str | None, split: str = "t
             "part": list(part), "seconds": round(seconds, 3), "steps": steps or task.decode.steps,
             "candidates": candidates or task.decode.candidates}
     metrics = score(task_name, records) if part[1] == 1 else {}
+    if part[1] == 1 and len(records[0]["candidates"]) > 1:
+        ordered = sorted(records, key=lambda r: r["index"])
+        scored = score_candidates(task, [r["candidates"] for r in ordered], [r["refs"] for r in ordered],
+                                  [r["src"] for r in ordered])
+        info |= {"mean_of_k": scored["mean_of_k"], "oracle": scored["oracle"]}
     write_results(out, records, metrics, info)
     log.info("%s: %d sources in %.1f s; %s -> %s", task.name, len(records), seconds,
              ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) or "metrics after merging the parts", out)

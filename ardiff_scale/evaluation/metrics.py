@@ -123,6 +123,20 @@ def concept_coverage(hypotheses: Sequence[str], sources: Sequence[str]) -> float
     return 100.0 * total / len(hypotheses)
 
 
+def sentence_scores(key: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """Per-example scores (x100) under one metric key, for oracle (best-of-k) selection: rouge1/rouge2/rougeL
+    F1 against the best reference, or SacreBLEU's sentence BLEU (`bleu`, `sacrebleu`; 13a, exponential
+    smoothing) against all references."""
+    if key in ROUGE_TYPES:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer([key], use_stemmer=True)
+        return [100.0 * scorer.score_multi(list(refs), h)[key].fmeasure for h, refs in zip(hypotheses, references)]
+    if key in ("bleu", "sacrebleu"):
+        return [sacrebleu.sentence_bleu(h, list(refs)).score for h, refs in zip(hypotheses, references)]
+    raise ConfigError(f"no sentence-level form of metric {key!r} (valid: {', '.join((*ROUGE_TYPES, 'bleu'))})")
+
+
 def compute_metrics(names: Sequence[str], hypotheses: Sequence[str], references: Sequence[Sequence[str]],
                     sources: Sequence[str] | None = None) -> dict[str, float]:
     """Corpus metrics (percentages) of `hypotheses[i]` against `references[i]` (one or more strings);

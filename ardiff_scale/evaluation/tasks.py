@@ -23,7 +23,14 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ardiff_scale.config import Config, apply_overrides, coerce, did_you_mean, load_config, shipped_recipes
+from ardiff_scale.config import (
+    Config,
+    apply_overrides,
+    coerce,
+    did_you_mean,
+    load_config,
+    shipped_recipes,
+)
 from ardiff_scale.data.tasks import FORMATS, SPLITS, Pair, ReadStats, read_pairs
 from ardiff_scale.errors import ConfigError, DataError
 from ardiff_scale.evaluation.metrics import check_metrics

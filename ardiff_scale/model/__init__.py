@@ -1,7 +1,28 @@
-"""The network: a BERT-style encoder and AR-Diffusion's time-aware decoder, in plain torch."""
+"""The networks: a BERT-style encoder with AR-Diffusion's time-aware decoder, or (the baseline) a causal
+decoder of the same size; plain torch."""
 
-from ardiff_scale.model.ardiffusion import ARDiffusionModel, Memory, count_parameters, parameter_breakdown
-from ardiff_scale.model.config import PAPER_PARAMS, PRESETS, ModelConfig, preset
+from torch import nn
 
-__all__ = ["ARDiffusionModel", "Memory", "ModelConfig", "PAPER_PARAMS", "PRESETS", "count_parameters",
-           "parameter_breakdown", "preset"]
+from ardiff_scale.model.ardiffusion import (
+    ARDiffusionModel,
+    count_parameters,
+    parameter_breakdown,
+)
+from ardiff_scale.model.autoregressive import AutoregressiveModel
+from ardiff_scale.model.config import (
+    DECODERS,
+    PAPER_PARAMS,
+    PRESETS,
+    ModelConfig,
+    preset,
+)
+from ardiff_scale.model.encoder import Memory, encoder_weights
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network that `config.decoder` names."""
+    return AutoregressiveModel(config) if config.decoder == "autoregressive" else ARDiffusionModel(config)
+
+
+__all__ = ["ARDiffusionModel", "AutoregressiveModel", "DECODERS", "Memory", "ModelConfig", "PAPER_PARAMS", "PRESETS",
+           "build_model", "count_parameters", "encoder_weights", "parameter_breakdown", "preset"]

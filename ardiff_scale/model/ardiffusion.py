@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ardiff_scale.model.config import ModelConfig
-from ardiff_scale.model.layers import DecoderBlock, EncoderLayer, key_padding_mask, sinusoidal_time_embedding
+from ardiff_scale.model.encoder import EncoderBase, Memory
+from ardiff_scale.model.layers import DecoderBlock, sinusoidal_time_embedding
 
 
-@dataclass
-class Memory:
-    """The encoded sources: states (batch, src_len, hidden), SDPA mask, and per-layer cached keys/values."""
-
-    states: torch.Tensor
-    mask: torch.Tensor
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None
-
-
-class ARDiffusionModel(nn.Module):
+class ARDiffusionModel(EncoderBase):
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        config.validate()
-        self.config = config
+        super().__init__(config)  # the encoder
         c = config
         drop = (c.dropout, c.attention_dropout)
-        # Encoder: BERT-style, randomly initialised as in the official code.
-        self.src_embedding = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.src_positions = nn.Embedding(c.max_source_len, c.hidden_size)
-        self.src_ln = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.encoder = nn.ModuleList(EncoderLayer(c.hidden_size, c.num_heads, c.ff_mult, *drop, c.layer_norm_eps)
-                                     for _ in range(c.encoder_layers))
         # Decoder: target embedding in a small space (embed_dim), projected up to the hidden size and back.
         self.tgt_embedding = nn.Embedding(c.vocab_size, c.embed_dim)
         self.up_proj = nn.Sequential(nn.Linear(c.embed_dim, 2 * c.hidden_size), nn.Tanh(),
@@ -45,17 +27,7 @@ class ARDiffusionModel(nn.Module):
                                        nn.Linear(2 * c.hidden_size, c.embed_dim))
         # Rounding head: weight tied to tgt_embedding, bias its own.
         self.round_bias = nn.Parameter(torch.zeros(c.vocab_size))
-        self.dropout = nn.Dropout(c.dropout)
-        self._init_encoder()
-
-    def _init_encoder(self) -> None:
-        # HF BERT's init (N(0, 0.02)); the decoder keeps PyTorch defaults and the target embedding N(0, 1),
-        # as the official model does.
-        for module in [self.src_embedding, self.src_positions, *self.encoder.modules()]:
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+        # The decoder keeps PyTorch's default init and the target embedding N(0, 1), as the official model does.
 
     # --- Denoiser protocol -------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -66,19 +38,6 @@ class ARDiffusionModel(nn.Module):
 
     def embedding_weight(self) -> torch.Tensor:
         return self.tgt_embedding.weight
-
-    def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor, cache_kv: bool = True) -> Memory:
-        """src_ids, src_mask: (batch, src_len); mask 1 for real tokens, 0 for padding."""
-        if src_ids.shape[1] > self.config.max_source_len:
-            raise ValueError(f"source length {src_ids.shape[1]} exceeds model.max_source_len "
-                             f"{self.config.max_source_len}")
-        positions = torch.arange(src_ids.shape[1], device=src_ids.device)
-        h = self.dropout(self.src_ln(self.src_embedding(src_ids) + self.src_positions(positions)))
-        mask = key_padding_mask(src_mask)
-        for layer in self.encoder:
-            h = layer(h, mask)
-        kv = [block.cross_attn.project_memory(h) for block in self.decoder] if cache_kv else None
-        return Memory(states=h, mask=mask, kv=kv)
 
     def denoise(self, x_t: torch.Tensor, time: torch.Tensor, memory: Memory) -> torch.Tensor:
         """x_t: (rows, length, embed_dim); time: (rows, length) in model units (t * 1000 / T)."""
@@ -104,8 +63,8 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def parameter_breakdown(model: ARDiffusionModel) -> dict[str, int]:
-    """Parameter counts by top-level module (the tied rounding head counts once, under tgt_embedding)."""
+def parameter_breakdown(model: nn.Module) -> dict[str, int]:
+    """Parameter counts by top-level module (a tied output head counts once, under tgt_embedding)."""
     counts: dict[str, int] = {}
     for name, param in model.named_parameters():
         top = name.split(".")[0]

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, replace
 
 from ardiff_scale.errors import ConfigError
 
+DECODERS = ("diffusion", "autoregressive")
+
 
 @dataclass
 class ModelConfig:
@@ -30,6 +32,9 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
+    # "diffusion": AR-Diffusion's time-aware denoiser; "autoregressive": the left-to-right baseline with a
+    # causal decoder of the same width and depth (teacher forcing, greedy or beam search).
+    decoder: str = "diffusion"
 
     def validate(self, prefix: str = "model") -> None:
         positive = ("vocab_size", "hidden_size", "num_heads", "encoder_layers", "decoder_layers",
@@ -48,6 +53,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{prefix}.{name} must be in [0, 1) (got {value})")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"{prefix}.decoder must be one of {', '.join(DECODERS)} (got {self.decoder!r})")
         if self.vocab_size < 5:
             raise ConfigError(f"{prefix}.vocab_size must hold the 5 reserved tokens (got {self.vocab_size})")
 

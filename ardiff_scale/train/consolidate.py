@@ -17,11 +17,11 @@ from ardiff_scale.config import load_config
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.errors import DataError
 from ardiff_scale.export import save_model_dir
-from ardiff_scale.model import ARDiffusionModel
+from ardiff_scale.model import build_model
 from ardiff_scale.train import checkpoint
 
 log = logging.getLogger("ardiff.train")
-PREFIX = "model."  # the DeepSpeed engine wraps DiffusionObjective, which holds the model as .model
+PREFIX = "model."  # the DeepSpeed engine wraps the objective, which holds the model as .model
 
 
 def _weights(root: Path, tag: str, stage: int) -> dict[str, torch.Tensor]:
@@ -57,9 +57,9 @@ def export_checkpoint(run_dir: str, output: str, tag: str | None = None, ema: bo
               for r in range(world)]
     stage = states[0]["zero_stage"]
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in ARDiffusionModel(config.model).state_dict().items()}
+        shapes = {k: v.shape for k, v in build_model(config.model).state_dict().items()}
     weights = _ema(states, shapes, stage) if ema else _weights(root, tag, stage)
-    model = ARDiffusionModel(config.model)
+    model = build_model(config.model)
     model.load_state_dict(weights)  # checks names and shapes before anything is written
     save_model_dir(output, model, config, tokenizer, weights=weights)
     log.info("exported %s of %s (ZeRO-%d, %d rank(s)) to %s", "EMA" if ema else "weights", root / tag, stage,

@@ -18,6 +18,7 @@ from torch import nn
 
 from ardiff_scale.config import Config
 from ardiff_scale.errors import ConfigError
+from ardiff_scale.io import shipped_or_path
 
 log = logging.getLogger("ardiff.train")
 
@@ -59,13 +60,7 @@ def device() -> torch.device:
 
 def load_ds_config(name_or_path: str) -> tuple[dict, str]:
     """A shipped config by name (zero0 .. zero3, zero3-offload) or any JSON path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = DS_CONFIG_DIR / f"{name_or_path}.json"
-    if not path.exists():
-        shipped = sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json"))
-        raise ConfigError(f"train.deepspeed: no DeepSpeed config {name_or_path!r} (shipped: {', '.join(shipped)}; "
-                          "or give a JSON path)")
+    path = shipped_or_path(name_or_path, DS_CONFIG_DIR, ".json", "train.deepspeed: no DeepSpeed config")
     try:
         return json.loads(path.read_text()), str(path)
     except json.JSONDecodeError as err:

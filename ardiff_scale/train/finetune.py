@@ -26,11 +26,15 @@ def task_shards(task, split: str, tokenizer, directory: Path, samples_per_shard:
 
 
 def finetune(task_name: str, init: str, output: str | None, overrides: Sequence[str] = (),
-             samples_per_shard: int = 1000, time_budget: float | None = None) -> PretrainResult:
+             samples_per_shard: int = 1000, time_budget: float | None = None,
+             shards_root: str | None = None) -> PretrainResult:
+    """shards_root: where the task's shards are built (default OUTPUT/shards); runs that share a tokenizer
+    may share it, and shards already built there with the same tokenizer are reused."""
     task = load_task(task_name)
     model, init_config, tokenizer = load_model_dir(init)
     out = Path(output or f"runs/finetune-{task.name}")
-    shards = {split: task_shards(task, split, tokenizer, out / "shards" / split, samples_per_shard)
+    root = Path(shards_root) if shards_root else out / "shards"
+    shards = {split: task_shards(task, split, tokenizer, root / split, samples_per_shard)
               for split in ("train", "valid")}
     # The model is the init's, field by field; the task then sets lengths, steps and decoding.
     model_fields = [f"model.{k}={v}" for k, v in init_config.model.to_dict().items()]

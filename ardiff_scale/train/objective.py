@@ -1,12 +1,15 @@
-"""The training objective as a module, so that DeepSpeed can wrap it: forward(batch) -> loss terms."""
+"""The training objectives as modules, so that DeepSpeed can wrap them: forward(batch) -> loss terms."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ardiff_scale.config import Config
+from ardiff_scale.data.tokenizer import PAD
 from ardiff_scale.diffusion import LossTerms, NoiseSchedule, training_loss
-from ardiff_scale.model import ARDiffusionModel
+from ardiff_scale.model import ARDiffusionModel, AutoregressiveModel
 
 
 class DiffusionObjective(nn.Module):
@@ -23,3 +26,33 @@ class DiffusionObjective(nn.Module):
     def external_parameters(self) -> list[nn.Parameter]:
         """Parameters read outside their own module's forward (the tied rounding head)."""
         return [self.model.tgt_embedding.weight, self.model.round_bias]
+
+
+class TeacherForcingObjective(nn.Module):
+    """Cross-entropy of each next target token given the ones before it (the autoregressive baseline).
+
+    Targets are `<s> ... </s> <pad> ...`: the loss covers every token up to and including </s>, none of the
+    padding after it (the decoder stops at </s>, unlike the diffusion model that emits the padding).
+    """
+
+    def __init__(self, model: AutoregressiveModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor,
+                generator: torch.Generator | None = None) -> LossTerms:
+        logits = self.model(src_ids, src_mask, tgt_ids[:, :-1])
+        labels = tgt_ids[:, 1:].masked_fill(tgt_ids[:, :-1] == PAD, -100)  # after </s> comes padding
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        zero = nll.new_zeros(())
+        return LossTerms(loss=nll, mse=zero, nll=nll, prior=zero)
+
+    def external_parameters(self) -> list[nn.Parameter]:
+        """The tied output head reads the embedding outside the embedding's forward."""
+        return [self.model.tgt_embedding.weight, self.model.out_bias]
+
+
+def build_objective(model: nn.Module, config: Config, schedule: NoiseSchedule) -> nn.Module:
+    if isinstance(model, AutoregressiveModel):
+        return TeacherForcingObjective(model)
+    return DiffusionObjective(model, schedule, config.diffusion.timestep_form)

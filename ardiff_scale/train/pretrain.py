@@ -20,10 +20,10 @@ from ardiff_scale.config import Config, config_to_yaml
 from ardiff_scale.data.objectives import collate
 from ardiff_scale.data.pipeline import batch_iterator, open_stream
 from ardiff_scale.data.tokenizer import Tokenizer
-from ardiff_scale.diffusion import sample
+from ardiff_scale.decoding import decode
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.export import save_model_dir
-from ardiff_scale.model import ARDiffusionModel
+from ardiff_scale.model import build_model, encoder_weights
 from ardiff_scale.train import checkpoint
 from ardiff_scale.train.callbacks import (Checkpointing, ConsoleProgress, LossHistory, MetricsLog, Periodic,
                                          Throughput, TimeBudget)
@@ -92,10 +92,9 @@ def _sample_texts(trainer: Trainer, tokenizer: Tokenizer, config: Config, count:
     batch = collate(examples, config.data.target_len)
     trainer.model.eval()
     with gathered(trainer.model, trainer.zero3):
-        out = sample(trainer.model, batch["src_ids"].to(trainer.device), batch["src_mask"].to(trainer.device),
-                     config.data.target_len, trainer.schedule, decode_steps=config.diffusion.decode_steps,
-                     form=config.diffusion.timestep_form, clamp=config.diffusion.clamp,
-                     generator=torch.Generator(trainer.device).manual_seed(0))
+        out = decode(trainer.model, config, batch["src_ids"].to(trainer.device),
+                     batch["src_mask"].to(trainer.device), config.data.target_len, config.diffusion.decode_steps,
+                     1, generator=torch.Generator(trainer.device).manual_seed(0), schedule=trainer.schedule)
     trainer.model.train()
     rows = []
     for example, tokens in zip(examples, out.tokens[:, 0].cpu()):
@@ -176,9 +175,9 @@ def run_pretraining(config: Config, time_budget: float | None = None,
     callbacks.append(Periodic(train.sample_every, generate_samples))
 
     torch.manual_seed(train.seed)  # the same initial weights on every rank and in every run
-    model = ARDiffusionModel(config.model)
+    model = build_model(config.model)
     if init_weights is not None:
-        model.load_state_dict(init_weights)
+        _load_init_weights(model, init_weights, rank)
     trainer = Trainer(config, model, callbacks, load_universal=bool(tag) and saved_world != world)
     trainer.data_state = loader.state_dict
     if tag:
@@ -204,6 +203,22 @@ def run_pretraining(config: Config, time_budget: float | None = None,
         history.plot(out / "loss.png", title=f"{config.model_preset or 'model'} pretraining")
         log.info("model written to %s (loss curve: %s)", out / "model", out / "loss.png")
     return PretrainResult(trainer, tokenizer, history, samples, tag, tracker.tracking_uri if tracker else None)
+
+
+def _load_init_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], rank: int) -> None:
+    """All of `weights` when they are this architecture's; only the shared encoder when the decoders differ
+    (the autoregressive baseline starting from a pretrained AR-Diffusion model)."""
+    own = model.state_dict()
+    if weights.keys() == own.keys():
+        model.load_state_dict(weights)
+        return
+    shared = encoder_weights(weights)
+    if not shared or shared.keys() != encoder_weights(own).keys():
+        raise ConfigError("the initial weights fit neither this model nor its encoder: check that model.* sizes "
+                          "match the pretrained model's")
+    model.load_state_dict(shared, strict=False)
+    if rank == 0:
+        log.info("initial weights: the encoder's %d tensors (the decoder differs and starts fresh)", len(shared))
 
 
 def _export(trainer: Trainer, tokenizer: Tokenizer, out: Path) -> None:

@@ -13,14 +13,14 @@ from typing import Iterator, Protocol
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ardiff_scale.config import Config
 from ardiff_scale.diffusion import make_schedule
-from ardiff_scale.model import ARDiffusionModel
 from ardiff_scale.train.ema import EMA
 from ardiff_scale.train.engine import build_engine, device, gathered, init_distributed, resolve_ds_config, zero_stage
 from ardiff_scale.train.lr import lr_factor
-from ardiff_scale.train.objective import DiffusionObjective
+from ardiff_scale.train.objective import build_objective
 
 log = logging.getLogger("ardiff.train")
 
@@ -50,7 +50,7 @@ class Callback(Protocol):
 @dataclass
 class Trainer:
     config: Config
-    model: ARDiffusionModel
+    model: nn.Module  # ARDiffusionModel or the AutoregressiveModel baseline
     callbacks: list = field(default_factory=list)
     load_universal: bool = False  # resuming a checkpoint saved at another world size
 
@@ -60,7 +60,7 @@ class Trainer:
         self.device = device()
         self.model.to(self.device)
         self.schedule = make_schedule(self.config.diffusion.schedule, self.config.diffusion.num_steps)
-        self.objective = DiffusionObjective(self.model, self.schedule, self.config.diffusion.timestep_form)
+        self.objective = build_objective(self.model, self.config, self.schedule)
         self.ds_config = resolve_ds_config(self.config, self.world)
         if self.load_universal:
             self.ds_config["checkpoint"] = {"load_universal": True}

@@ -81,20 +81,23 @@ class OracleDenoiser:
         return self.weight[self.targets[memory.repeat_interleave(per_source)]]
 
 
+@pytest.mark.parametrize("form", ["code", "uniform"])
 @pytest.mark.parametrize("steps", [1, 2, 20])
-def test_sampler_with_oracle_returns_exact_targets(steps):
+def test_sampler_with_oracle_returns_exact_targets(steps, form):
     g = torch.Generator().manual_seed(4)
     targets = torch.randint(0, 40, (3, 11), generator=g)
     oracle = OracleDenoiser(targets)
     src = torch.arange(3).unsqueeze(1).repeat(1, 5)
     out = sample(oracle, src, torch.ones_like(src), 11, SCHEDULE, decode_steps=steps, num_candidates=4,
-                 generator=g, return_trajectory=True)
+                 generator=g, return_trajectory=True, form=form)
     assert out.tokens.shape == (3, 4, 11)
     assert torch.equal(out.tokens, targets.unsqueeze(1).expand(-1, 4, -1))
     assert oracle.encoder_calls == 1
     assert out.trajectory.shape == (steps + 1, 11)
-    visited = torch.tensor(decode_schedule(11, 2000, steps))
-    assert torch.equal(out.trajectory, token_step_indices(visited, 11, 2000))
+    visited = torch.tensor(decode_schedule(11, 2000, steps, form))
+    assert torch.equal(out.trajectory, token_step_indices(visited, 11, 2000, form))
+    if form == "uniform":  # the baseline: every position at the same step, all the way down
+        assert torch.all(out.trajectory == out.trajectory[:, :1]) and out.trajectory[0, 0] == 1999
 
 
 def test_trajectory_finishes_left_tokens_first():

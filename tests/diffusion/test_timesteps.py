@@ -95,3 +95,17 @@ def test_decode_schedule_rejects_out_of_range(m):
 def test_unknown_form_is_refused():
     with pytest.raises(ValueError, match="form"):
         token_timesteps(torch.tensor([1]), 5, T, form="linear")
+
+
+def test_uniform_form_puts_every_token_at_the_sentence_step():
+    steps = torch.tensor([0, 7, 1999])
+    got = token_timesteps(steps, 5, 2000, "uniform")
+    assert got.dtype == torch.int64 and got.tolist() == [[0] * 5, [7] * 5, [1999] * 5]
+    assert torch.equal(token_step_indices(steps, 5, 2000, "uniform"), got)
+    draws = sample_sentence_steps(4000, 50, 2000, "uniform", generator=torch.Generator().manual_seed(0))
+    assert draws.min() >= 0 and draws.max() == 1999  # over T, not N + T
+    # The sampler strides over T alone: M transitions from T-1 to 0.
+    assert decode_schedule(50, 2000, 20, "uniform") == list(range(1999, 0, -100)) + [0]
+    assert decode_schedule(50, 2000, 1, "uniform") == [1999, 0]
+    with pytest.raises(ValueError, match="uniform"):
+        decode_schedule(50, 2000, 2001, "uniform")
