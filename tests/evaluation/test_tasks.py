@@ -61,7 +61,7 @@ def test_own_tasks_load_and_yield_pairs(name, monkeypatch):
     monkeypatch.delenv("ARDIFF_DATA", raising=False)
     task = load_task(name)
     assert task.name == name and task.path == str(REPO_ROOT / "eval" / "tasks" / f"{name}.yaml")
-    assert Path(task.data.location) == (SHARED / "tasks" / name).resolve()
+    assert Path(task.data.location).resolve() == (SHARED / "tasks" / name).resolve()
     assert task.data.format == "jsonl"
     for split in ("train", "valid", "test"):
         first = list(itertools.islice(task.pairs(split), 2))
@@ -172,5 +172,5 @@ def test_variable_default_and_relative_location(tmp_path, monkeypatch):
     monkeypatch.delenv("ARDIFF_TEST_NOWHERE", raising=False)
     tree = edited(data__location="${ARDIFF_TEST_NOWHERE:-../shared/data}/tasks/concept2text")
     task = load_task(write_task(tmp_path, tree))
-    assert Path(task.data.location) == (SHARED / "tasks" / "concept2text").resolve()
+    assert Path(task.data.location).resolve() == (SHARED / "tasks" / "concept2text").resolve()
     assert next(task.pairs("valid")).id.startswith("c2t-set-")
