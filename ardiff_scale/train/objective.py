@@ -42,7 +42,8 @@ class TeacherForcingObjective(nn.Module):
     def forward(self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor,
                 generator: torch.Generator | None = None) -> LossTerms:
         logits = self.model(src_ids, src_mask, tgt_ids[:, :-1])
-        labels = tgt_ids[:, 1:].masked_fill(tgt_ids[:, :-1] == PAD, -100)  # after </s> comes padding
+        # Padding only ever follows </s>, so dropping padded labels keeps exactly the tokens up to </s>.
+        labels = tgt_ids[:, 1:].masked_fill(tgt_ids[:, 1:] == PAD, -100)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         zero = nll.new_zeros(())
         return LossTerms(loss=nll, mse=zero, nll=nll, prior=zero)

@@ -105,6 +105,18 @@ def test_greedy_is_beam_one_and_beam_never_scores_worse():
             assert set(seq[seq.index(EOS) + 1:]) <= {PAD}
 
 
+def test_teacher_forcing_scores_each_token_up_to_eos_and_no_padding():
+    torch.manual_seed(2)
+    model = AutoregressiveModel(CONFIG).eval()
+    src, mask = torch.randint(5, 40, (2, 6)), torch.ones(2, 6, dtype=torch.int64)
+    tgt = torch.tensor([[BOS, 7, 8, EOS, PAD, PAD], [BOS, 9, 10, 11, 12, EOS]])
+    loss = TeacherForcingObjective(model)(src, mask, tgt).loss
+    logp = torch.log_softmax(model(src, mask, tgt[:, :-1]), -1)
+    scored = [(0, 0, 7), (0, 1, 8), (0, 2, EOS), (1, 0, 9), (1, 1, 10), (1, 2, 11), (1, 3, 12), (1, 4, EOS)]
+    expected = -sum(logp[row, position, token] for row, position, token in scored) / len(scored)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.mark.slow
 def test_tiny_baseline_overfits_a_batch_and_decodes_it_back():
     torch.manual_seed(0)
