@@ -101,10 +101,14 @@ def score_candidates(task: TaskSpec, candidates: list[list[str]], refs: list[lis
         slots = [compute_metrics(task.metrics, [c[j] for c in candidates], refs, sources) for j in range(k)]
         out["mean_of_k"] = {key: statistics.mean(s[key] for s in slots) for key in slots[0]}
         key = primary_key(task)
-        best = []
-        for texts, source_refs in zip(candidates, refs):
-            scores = sentence_scores(key, texts, [source_refs] * len(texts))
+        # One scoring call over every candidate of every source (one scorer, not one per source).
+        flat = sentence_scores(key, [t for c in candidates for t in c], [r for c, r in zip(candidates, refs)
+                                                                        for _ in c])
+        best, start = [], 0
+        for texts in candidates:
+            scores = flat[start:start + len(texts)]
             best.append(texts[max(range(len(texts)), key=scores.__getitem__)])
+            start += len(texts)
         out["oracle"] = compute_metrics(task.metrics, best, refs, sources)
     return out
 

@@ -39,7 +39,7 @@ from ardiff_scale.diffusion import make_schedule
 from ardiff_scale.errors import DataError
 from ardiff_scale.evaluation.evaluate import primary_key, score_candidates
 from ardiff_scale.evaluation.plan import SYSTEM_OVERRIDES, Plan, load_plan
-from ardiff_scale.evaluation.tasks import REPO_ROOT, TaskSpec, load_task
+from ardiff_scale.evaluation.tasks import TaskSpec, load_task, locate_data
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.model import count_parameters
 
@@ -47,10 +47,8 @@ log = logging.getLogger("ardiff.reproduce")
 
 
 def pretrain_corpus() -> Path:
-    """The shared data's pretraining documents: $ARDIFF_DATA, else ../shared/data from the repository, as
-    the task files locate their data."""
-    root = Path(os.environ.get("ARDIFF_DATA", "../shared/data"))
-    return (root if root.is_absolute() else REPO_ROOT / root) / "pretrain" / "train.jsonl.gz"
+    """The shared data's pretraining documents, located as the task files locate theirs."""
+    return Path(locate_data("${ARDIFF_DATA:-../shared/data}/pretrain", "jsonl", "ardiff reproduce")) / "train.jsonl.gz"
 
 
 def _documents(limit: int) -> list[str]:

@@ -149,7 +149,7 @@ def load_task(path_or_name: str | Path) -> TaskSpec:
     spec = _build(TaskSpec, tree, "", where)
     spec.path = where
     _validate(spec, where)
-    spec.data.location = _locate(spec.data.location, spec.data.format, where)
+    spec.data.location = locate_data(spec.data.location, spec.data.format, where)
     return spec
 
 
@@ -245,7 +245,8 @@ def _check_finetune(spec: TaskSpec) -> None:
     spec.run_config()
 
 
-def _locate(location: str, fmt: str, where: str) -> str:
+def locate_data(location: str, fmt: str, where: str) -> str:
+    """A data location with ${VAR} and ${VAR:-default} expanded; a relative path is from the repository root."""
     def substitute(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
         value = os.environ.get(name, "")
