@@ -1,6 +1,6 @@
 """Shards to model-ready batches: open the stream for this rank, apply the objective, collate, count.
 
-The objective's randomness (which span a pretraining window loses) is seeded by (seed, epoch, sample key),
+The objective's randomness (which span a pretraining window loses) is seeded by (seed, epoch, shard name, key),
 not drawn from a running generator, so a resumed stream masks every sample exactly as before.
 """
 
@@ -37,7 +37,10 @@ class BatchMaker:
             if len(ids) > self.source_len - 2:  # shards built for longer windows than this run's source_len
                 self.counts["truncated_sources"] += 1
                 ids = ids[:self.source_len - 2]
-            rng = random.Random(f"{self.seed}:{sample['__epoch__']}:{sample['__url__']}:{sample['__key__']}")
+            # The shard's file name, not its URL: the same shards read from another mount or bucket mask
+            # every window as before.
+            shard_name = sample["__url__"].rstrip("/").rsplit("/", 1)[-1]
+            rng = random.Random(f"{self.seed}:{sample['__epoch__']}:{shard_name}:{sample['__key__']}")
             return paragraph_denoise(ids, self.target_len, self.mask_fraction, rng)
         src, tgt = sample["src_ids"].tolist(), sample["tgt_ids"].tolist()
         self.counts["truncated_sources"] += len(src) > self.source_len - 2

@@ -1,56 +1,23 @@
-"""Pretraining with the real engines: `deepspeed`-launched CPU processes (gloo), real checkpoints.
-
-Launches run inside `unshare -n` with only loopback up where the machine allows it: torch's rendezvous
-store listens on every interface, and these tests must talk to nothing but 127.0.0.1.
-"""
+"""Pretraining with the real engines: `deepspeed`-launched CPU processes (gloo), real checkpoints."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from ardiff_scale.jobs.cluster import free_port
+from launching import BIN, launch, losses
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 TINY = ["model.vocab_size=1000", "model.hidden_size=32", "model.num_heads=2", "model.encoder_layers=1",
         "model.decoder_layers=1", "model.embed_dim=16", "model.time_channels=16", "data.source_len=64",
         "data.target_len=16", "train.micro_batch_size=4", "train.lr=3e-3", "train.warmup_steps=2",
         "train.log_every=1", "tracking.enabled=false", "train.ema_rate=0.99"]
-
-
-
-def _isolated() -> list[str]:
-    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True)
-    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else []
-
-
-ISOLATE = _isolated() if shutil.which("unshare") and shutil.which("ip") else []
-
-
-def launch(nproc: int, overrides: list[str], wait: bool = True):
-    cmd = [*ISOLATE, str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(BIN / "ardiff"), "pretrain", *overrides]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {int(r["step"]): r["loss"] for r in rows}
 
 
 def run_args(shards, tokenizer, out: Path, *extra: str) -> list[str]:
