@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ardiff_scale.errors import ArdiffError
+from ardiff_scale.errors import PREEMPTED_EXIT, ArdiffError, Preempted
 
 log = logging.getLogger("ardiff")
 
@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         args.func(args)
+    except Preempted as err:
+        log.warning("preempted: %s (exit status %d)", err, PREEMPTED_EXIT)
+        return PREEMPTED_EXIT
     except ArdiffError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -138,7 +138,11 @@ def demo(corpus: str | None, output: str, minutes: float, overrides: Sequence[st
         print("reference:", reference)
         print("generated:", generated)
     rows = result.history.rows
-    print(f"\nloss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f} over {len(rows)} steps; curve: {out / 'loss.png'}")
+    if rows:
+        print(f"\nloss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f} over steps {rows[0]['step']}-{rows[-1]['step']}"
+              f"{' (continued from ' + result.resumed_from + ')' if result.resumed_from else ''}; curve: {out / 'loss.png'}")
+    else:
+        print(f"\n{out} is trained to train.max_steps already; give another --output for a new run")
     print(f"model: {out / 'model'} (EMA weights: {out / 'model-ema'})")
     print(f"try:   ardiff generate --model {out / 'model'} --source 'It is a truth universally <mask> that a single man'")
     if result.tracking_uri:

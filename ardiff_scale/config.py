@@ -102,20 +102,30 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0: never
     save_every: int = 0  # 0: only at the end
+    save_every_minutes: float = 0.0  # also save when this many minutes passed since the last save; 0: off
     sample_every: int = 0  # sample generations with the skipping sampler; 0: only at the end
     keep_checkpoints: int = 3  # complete checkpoints kept; older ones are deleted
     output_dir: str = "runs/default"
     threads: int = 0  # 0 keeps torch's default
     # DeepSpeed config: a name in ds_configs/ (zero0, zero1, zero2, zero3, zero3-offload) or a JSON path.
     deepspeed: str = "zero0"
-    # "" starts fresh; "auto" continues from the newest complete checkpoint in output_dir, if any;
+    # "auto" continues from the newest complete checkpoint in output_dir, if any (a preempted or requeued job
+    # reruns the same command); "never" starts fresh and refuses an output_dir that holds checkpoints;
     # a checkpoint directory continues from that one.
-    resume: str = ""
+    resume: str = "auto"
+    # Peak TFLOP/s per device for MFU; 0: the datasheet value for known GPUs, a measured matmul rate on CPU.
+    peak_tflops: float = 0.0
+    # Train in train.precision even where it is measured to be much slower than fp32 (emulated bf16 on CPU).
+    force_precision: bool = False
+    # Local directory for staging checkpoints of an object-store output_dir (s3://...); "": the temp dir.
+    staging_dir: str = ""
 
     def validate(self, prefix: str = "train") -> None:
         _positive(self, prefix, "max_steps", "micro_batch_size", "grad_accum", "lr", "log_every")
         _non_negative(self, prefix, "seed", "warmup_steps", "weight_decay", "grad_clip",
-                      "eval_every", "save_every", "sample_every", "threads")
+                      "eval_every", "save_every", "sample_every", "threads", "save_every_minutes", "peak_tflops")
+        _check(prefix, "resume", self.resume, bool(self.resume),
+               "'auto', 'never' or a checkpoint directory")
         _positive(self, prefix, "keep_checkpoints")
         _one_of(self, prefix, "lr_schedule", ("linear", "constant"))
         _one_of(self, prefix, "precision", ("fp32", "bf16", "fp16"))

@@ -11,3 +11,12 @@ class ConfigError(ArdiffError, ValueError):
 
 class DataError(ArdiffError):
     """An input file, shard or tokenizer is missing, corrupt or inconsistent."""
+
+
+# EX_TEMPFAIL from sysexits.h: the job did not fail, it was asked to stop and may simply be run again.
+PREEMPTED_EXIT = 75
+
+
+class Preempted(ArdiffError):
+    """Training stopped on a preemption signal after writing a checkpoint; the CLI exits with
+    PREEMPTED_EXIT, and the same command continues from that checkpoint."""

@@ -72,10 +72,13 @@ def batch_iterator(loader: ShardLoader, maker: BatchMaker, batch_size: int) -> I
     reported); mid-stream the loader's state, taken between batches, covers exactly the batches yielded."""
     buffer: list[dict] = []
     yielded = 0
+    # Page-locked batches let the trainer's copy to the GPU run asynchronously (non_blocking).
+    pin = torch.cuda.is_available()
     for sample in loader:
         buffer.append(sample)
         if len(buffer) == batch_size:
-            yield maker(buffer)
+            batch = maker(buffer)
+            yield {k: v.pin_memory() for k, v in batch.items()} if pin else batch
             yielded += 1
             buffer = []
     if buffer and not yielded:

@@ -198,6 +198,15 @@ class ShardStream(IterableDataset):
             yield {**sample, "__role__": role, "__epoch__": epoch, "__shard__": shard}
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGUSR1 to the training process: a scheduler signals the whole process group,
+    and a worker that died of it would break the loader while the trainer is still writing its checkpoint."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _as_is(sample: dict) -> dict:
     """DataLoader's default would turn the numpy id arrays into tensors; collation does its own."""
     return sample
@@ -293,7 +302,7 @@ class ShardLoader:
         # shift the training's dropout stream whenever a resumed job starts its reader.
         generator = torch.Generator().manual_seed(self.stream.options.seed)
         return iter(DataLoader(self.stream, batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-                               generator=generator,
+                               generator=generator, worker_init_fn=_ignore_stop_signals,
                                prefetch_factor=self.prefetch_factor, persistent_workers=False,
                                multiprocessing_context="fork" if os.name == "posix" else None))
 

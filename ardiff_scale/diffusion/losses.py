@@ -21,7 +21,7 @@ def q_sample(x_start: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, no
 
 def sample_x_start(clean_embedding: torch.Tensor, schedule: NoiseSchedule, noise: torch.Tensor) -> torch.Tensor:
     """Diffusion-LM's q(x0 | w): the word embedding plus the step-0 noise (std ~0.12 for the sqrt schedule)."""
-    abar0 = schedule.alphas_cumprod[0].item()
+    abar0 = schedule.first_alpha_bar
     return clean_embedding + (1.0 - abar0) ** 0.5 * noise
 
 
@@ -55,7 +55,7 @@ def diffusion_loss(x0_pred: torch.Tensor, x_start: torch.Tensor, clean_embedding
     nll = F.cross_entropy(rounding_logits.flatten(0, 1).float(), target_ids.flatten(), reduction="none")
     nll = nll.view_as(mse)
     # ||mu(x_T)||^2: ~0 for the sqrt schedule (abar_{T-1} ~ 2e-7) but kept for parity.
-    abar_last = schedule.alphas_cumprod[-1].item()
+    abar_last = schedule.last_alpha_bar
     prior = (abar_last ** 0.5 * x_start).pow(2).mean(-1)
     if loss_mask is None:
         terms = [term.mean() for term in (mse, nll, prior)]

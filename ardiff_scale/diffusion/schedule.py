@@ -7,7 +7,7 @@ posterior coefficients divide by (1 - alpha-bar) at the first step, where float3
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,13 +23,22 @@ class NoiseSchedule:
 
     betas: torch.Tensor  # (T,), float64
     alphas_cumprod: torch.Tensor  # (T,), float64
+    # The two scalars the loss needs at every step, read on the host once: `.item()` on a GPU table would
+    # wait for the device at every forward.
+    first_alpha_bar: float = field(init=False)
+    last_alpha_bar: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "first_alpha_bar", float(self.alphas_cumprod[0]))
+        object.__setattr__(self, "last_alpha_bar", float(self.alphas_cumprod[-1]))
 
     @property
     def num_steps(self) -> int:
         return self.betas.numel()
 
     def alpha_bar(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """alpha-bar gathered at integer step indices `t` (any shape), cast to `dtype`."""
+        """alpha-bar gathered at integer step indices `t` (any shape), cast to `dtype`. Move the schedule to
+        `t`'s device once (`to`) rather than copying the table here at every call."""
         table = self.alphas_cumprod.to(device=t.device)
         return table[t].to(dtype)
 

@@ -132,8 +132,15 @@ def finetune(plan: Plan, work: Path, task: str, system: str, init: Path, run_ove
 def training_summary(run: Path) -> dict:
     """Steps, wall-clock seconds and the last logged losses of a finished run (from its metrics.jsonl)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]  # training steps, not validation rows
     tail = rows[-min(20, len(rows)):]
-    return {"steps": int(rows[-1]["step"]), "seconds": round(sum(r.get("seconds", 0.0) for r in rows), 1),
+    seconds, window_start = 0.0, rows[0]["step"] - 1
+    for r in rows:  # the end of each logging window carries its mean step time
+        window_start = min(window_start, r["step"] - 1)  # a resumed run logs steps after its checkpoint again
+        if "time/step_s" in r:
+            seconds += r["time/step_s"] * (r["step"] - window_start)
+            window_start = r["step"]
+    return {"steps": int(rows[-1]["step"]), "seconds": round(seconds, 1),
             "final_loss": round(statistics.mean(r["loss"] for r in tail), 4),
             "first_loss": round(rows[0]["loss"], 4)}
 

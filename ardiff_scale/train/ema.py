@@ -1,6 +1,7 @@
-"""Exponential moving average of the weights, ZeRO-aware.
+"""Exponential moving average of the weights, ZeRO-aware, one copy per job.
 
-Under ZeRO stages 0-2 every rank holds whole parameters, and keeps a whole fp32 shadow. Under ZeRO-3 a
+Under ZeRO stages 0-2 every rank holds whole parameters, but only rank 0 keeps a (whole, fp32) shadow: the
+others would hold and save identical copies, which at 64 ranks is 64 copies to write and read. Under ZeRO-3 a
 rank holds only its partition of each parameter (`param.ds_tensor`), so it averages just that partition:
 the shadow is partitioned exactly like the weights, costs each rank 1/world of the memory, and is saved per
 rank with the checkpoint. `full_state_dict` gathers it for export by swapping the shadow into the
@@ -23,13 +24,17 @@ class EMA:
     """shadow <- rate * shadow + (1 - rate) * weights, once per optimizer step (not per micro-batch as in
     the official code, where the averaging horizon then depends on gradient accumulation)."""
 
-    def __init__(self, module: nn.Module, rate: float):
-        self.module, self.rate = module, rate
+    def __init__(self, module: nn.Module, rate: float, keep: bool = True):
+        """keep=False: this rank holds no shadow (ZeRO 0-2 ranks other than 0); every method is then a no-op."""
+        self.module, self.rate, self.keep = module, rate, keep
         self.partitioned = any(hasattr(p, "ds_tensor") for p in module.parameters())
-        self.shadow = {name: _local(p).detach().float().clone() for name, p in module.named_parameters()}
+        self.shadow = ({name: _local(p).detach().float().clone() for name, p in module.named_parameters()}
+                       if keep else {})
 
     @torch.no_grad()
     def update(self) -> None:
+        if not self.keep:
+            return
         for name, param in self.module.named_parameters():
             self.shadow[name].lerp_(_local(param).detach().float(), 1.0 - self.rate)
 
@@ -37,6 +42,8 @@ class EMA:
         return {name: t.cpu() for name, t in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not self.keep:
+            return
         for name, tensor in state.items():
             if self.shadow[name].shape != tensor.shape:
                 raise ValueError(f"EMA state for {name} has shape {tuple(tensor.shape)}, expected "
@@ -45,7 +52,8 @@ class EMA:
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The averaged weights, whole, on every rank (a collective under ZeRO-3: call it on all ranks)."""
+        """The averaged weights, whole: on every rank under ZeRO-3 (a collective: call it on all ranks), on
+        the keeping rank otherwise (empty elsewhere)."""
         if not self.partitioned:
             return {name: t.clone() for name, t in self.shadow.items()}
         params = dict(self.module.named_parameters())

@@ -38,7 +38,9 @@ def init_distributed() -> tuple[int, int]:
     # gloo does the job without it.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
+        # RANK alone (no rendezvous address) is what a bare process inherits from a parent that joined a
+        # world of one itself (tests, notebooks): still a bare process.
+        if "RANK" not in os.environ or ("MASTER_ADDR" not in os.environ and os.environ.get("WORLD_SIZE") == "1"):
             # A bare single process: a file store instead of a TCP store, so nothing listens on any port
             # (and DeepSpeed does not go looking for MPI).
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
@@ -71,6 +73,9 @@ def resolve_ds_config(config: Config, world: int) -> dict:
     """Fill the DeepSpeed config's "auto" values from the run config and check the rest agree with it.
 
     The run config is the one source of truth: train_batch_size = micro x accumulation x world size.
+    Under bf16 the shipped configs keep the gradients' sums in fp32 (`communication_data_type` for the
+    reduction across ranks, `data_types.grad_accum_dtype` across micro-batches, ZeRO >= 1 only): without
+    them DeepSpeed sums bf16 gradients in bf16, 8 bits of mantissa.
     """
     ds, source = load_ds_config(config.train.deepspeed)
     train = config.train
@@ -100,6 +105,13 @@ def resolve_ds_config(config: Config, world: int) -> dict:
                               f"{train.precision!r}; set it to \"auto\"")
         section["enabled"] = enabled
     ds.setdefault("zero_optimization", {"stage": 0})
+    accumulate = ds.get("data_types", {}).get("grad_accum_dtype")
+    if train.precision != "fp32" and zero_stage(ds) == 0 and accumulate in ("fp32", "float32", "float",
+                                                                           "torch.float32"):
+        # DeepSpeed would stop later with "unsupported mix of model_dtype and grad_accum_dtype".
+        raise ConfigError(f"{source}: data_types.grad_accum_dtype={accumulate!r} with train.precision="
+                          f"{train.precision!r} needs ZeRO stage >= 1 (DeepSpeed accumulates {train.precision} "
+                          "gradients in another type only in its ZeRO optimizers); use zero1 or drop the key")
     return ds
 
 
@@ -108,7 +120,12 @@ def zero_stage(ds_config: dict) -> int:
 
 
 def build_engine(objective: nn.Module, config: Config, ds_config: dict, lr_lambda):
-    """The DeepSpeed engine around `objective`, with torch's AdamW (no op to compile) and our LR schedule.
+    """The DeepSpeed engine around `objective`, with an AdamW and our LR schedule (a LambdaLR over it).
+
+    The AdamW is torch's (no op to compile) unless the config offloads the optimizer (ZeRO-Offload, to cpu
+    or nvme): there DeepSpeed accepts only its own host optimizer, DeepSpeedCPUAdam, here in AdamW mode
+    with torch's defaults (betas, eps, bias correction), so the update is the same. Its C++ op compiles
+    at first use (1-3 min) and is cached under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions).
 
     Under ZeRO-3 the parameters that the objective uses outside a submodule's own forward (the tied
     rounding head reads the target embedding's weight) are registered as external parameters, so they
@@ -117,13 +134,31 @@ def build_engine(objective: nn.Module, config: Config, ds_config: dict, lr_lambd
     import deepspeed
 
     train = config.train
-    if zero_stage(ds_config) == 3:
+    stage = zero_stage(ds_config)
+    if stage == 3:
         for param in objective.external_parameters():
             deepspeed.zero.register_external_parameter(objective, param)
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    if offload.get("device") in ("cpu", "nvme"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        optimizer = DeepSpeedCPUAdam(objective.parameters(), lr=train.lr, weight_decay=train.weight_decay,
+                                     adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(objective.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    # What the optimizer wrapper that DeepSpeed chose really does with the precision keys (an ignored key
+    # shows here): the type of its accumulation buffers and of its reduction; wrappers without their own
+    # (no ZeRO) accumulate in the weights' type and reduce in the engine's.
+    wrapper, (weights, _) = engine.optimizer, engine.get_data_types()
+    accumulated = (getattr(wrapper, "grad_acc_dtype", None) or getattr(wrapper, "gradient_accumulation_dtype", None)
+                   or weights)
+    reduced = getattr(wrapper, "communication_data_type", None) or engine.communication_data_type
+    short = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    log.info("DeepSpeed ZeRO-%d, %s over %s: %s weights, gradients accumulated in %s and reduced in %s", stage,
+             type(wrapper).__name__, type(engine.basic_optimizer).__name__, short[weights], short[accumulated],
+             short[reduced])
     return engine
 
 

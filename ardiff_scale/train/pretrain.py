@@ -2,6 +2,9 @@
 
 The same entry runs as one bare process, under `deepspeed --num_gpus N` (a hostfile for several nodes),
 under `torchrun`, and inside a Ray Train worker: each sets RANK/WORLD_SIZE and the rest follows.
+
+Rerunning the same command continues the run (`train.resume=auto`): that is what a requeued or preempted
+job does, so nothing here may depend on being the first attempt.
 """
 
 from __future__ import annotations
@@ -10,25 +13,26 @@ import logging
 import subprocess
 import sys
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ardiff_scale.config import Config, config_to_yaml
-from ardiff_scale.data.objectives import collate
+from ardiff_scale.config import Config, config_to_yaml, flatten, load_config
 from ardiff_scale.data.pipeline import batch_iterator, open_stream
 from ardiff_scale.data.tokenizer import Tokenizer
-from ardiff_scale.decoding import decode
-from ardiff_scale.errors import ConfigError
+from ardiff_scale.errors import ConfigError, Preempted
 from ardiff_scale.export import save_model_dir
 from ardiff_scale.model import build_model, encoder_weights
 from ardiff_scale.train import checkpoint
-from ardiff_scale.train.callbacks import (Checkpointing, ConsoleProgress, LossHistory, MetricsLog, Periodic,
-                                         Throughput, TimeBudget)
-from ardiff_scale.train.engine import gathered, init_distributed
-from ardiff_scale.train.trainer import Trainer
+from ardiff_scale.train.callbacks import ConsoleProgress, LossHistory, MetricsLog, TimeBudget
+from ardiff_scale.train.checkpoint import CheckpointStore
+from ardiff_scale.train.checkpointer import Checkpointer
+from ardiff_scale.train.distributed import broadcast_from_main, check_shared_directory, control_group, raise_together
+from ardiff_scale.train.engine import init_distributed
+from ardiff_scale.train.rundir import RunDir
+from ardiff_scale.train.trainer import Callback, Trainer
+from ardiff_scale.train.validation import SampleGeneration, Validation
 
 log = logging.getLogger("ardiff.train")
 
@@ -40,6 +44,7 @@ class PretrainResult:
     history: LossHistory
     samples: list[tuple[str, str, str]]  # (source, reference, generated) of the last sample generation
     resumed_from: str | None
+    run: RunDir
     tracking_uri: str | None
 
 
@@ -55,21 +60,57 @@ def _check_inputs(config: Config) -> Tokenizer:
     return tokenizer
 
 
-def _resume_point(config: Config, root: Path) -> tuple[str | None, Path]:
-    """(tag, checkpoint root) to continue from, or (None, root) to start fresh."""
-    resume = config.train.resume
-    if not resume:
-        return None, root
-    if resume == "auto":
-        return checkpoint.find_resume(root), root
-    path = Path(resume)
-    if (path / checkpoint.COMPLETE).exists():
-        return path.name, path.parent
-    tag = checkpoint.find_resume(path)
-    if tag is None:
-        raise ConfigError(f"train.resume: no complete checkpoint at {resume} (give 'auto', a checkpoints "
-                          "directory or one of its stepNNNNNNNN directories)")
-    return tag, path
+# A resumed run may change how long it trains, how often it logs or saves, where it reports; not what it trains.
+RESUME_FIXED = ("model.", "diffusion.num_steps", "diffusion.schedule", "diffusion.timestep_form", "train.seed")
+# Differences that never matter when a run directory is reused.
+IGNORED = ("train.resume", "train.threads", "train.staging_dir", "train.output_dir", "tracking.")
+
+
+def config_differences(saved: Config, current: Config) -> dict[str, tuple]:
+    """{dotted key: (saved value, current value)} for every field that differs, ignored ones left out."""
+    old, new = flatten(saved.to_dict()), flatten(current.to_dict())
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and not k.startswith(IGNORED)}
+
+
+def _describe(diff: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in ((k, *v) for k, v in diff.items()))
+
+
+def _plan_resume(config: Config, run: RunDir) -> tuple[str | None, CheckpointStore]:
+    """Rank 0 alone: the checkpoint to continue from (None: start fresh) and the store holding it. Refuses a
+    fresh start that would overwrite another run's checkpoints or mix two configs in one directory."""
+    resume, store = config.train.resume, run.checkpoints
+    saved_text = run.read_text("config.yaml")
+    saved = load_config(run.saved_config_path(saved_text)) if saved_text else None
+    if resume not in ("auto", "never"):  # a checkpoints directory, or one stepNNNNNNNN directory in it
+        parent, _, name = resume.rstrip("/").rpartition("/")
+        explicit = CheckpointStore(parent if checkpoint.TAG.match(name) else resume, store.local)
+        tag = name if checkpoint.TAG.match(name) else explicit.find_resume()
+        if tag is None or explicit.read_text(tag, checkpoint.COMPLETE) is None:
+            raise ConfigError(f"train.resume: no complete checkpoint at {resume} (give 'auto', 'never', a checkpoints "
+                              "directory or one of its stepNNNNNNNN directories)")
+        return tag, explicit
+    tag = store.find_resume() if resume == "auto" else None
+    if resume == "never" and store.complete_tags():
+        raise ConfigError(f"train.output_dir {run.url} already holds checkpoints (newest {store.complete_tags()[-1]}) "
+                          "and train.resume=never would overwrite them: continue with train.resume=auto, or choose "
+                          "a new train.output_dir")
+    if saved is not None:
+        diff = config_differences(saved, config)
+        if tag is not None:
+            fixed = {k: v for k, v in diff.items() if k.startswith(RESUME_FIXED)}
+            if fixed:
+                raise ConfigError(f"cannot resume {run.url}/checkpoints/{tag} with another model or diffusion: "
+                                  f"{_describe(fixed)}. Resume with the run's own config.yaml, or choose a new "
+                                  "train.output_dir")
+            if diff:
+                log.info("resuming with changed settings: %s", _describe(diff))
+        elif diff:
+            raise ConfigError(f"train.output_dir {run.url} holds another run (its config.yaml differs: "
+                              f"{_describe(diff)}) and no checkpoint to continue: choose a new train.output_dir, "
+                              "or delete that directory to start over there")
+    return tag, store
 
 
 def _universal(root: Path, tag: str, rank: int) -> str:
@@ -84,42 +125,27 @@ def _universal(root: Path, tag: str, rank: int) -> str:
     return target.name
 
 
-def _sample_texts(trainer: Trainer, tokenizer: Tokenizer, config: Config, count: int = 4) -> list[tuple[str, str, str]]:
-    """Fill the masks of the first validation (or training) windows; every rank runs it (ZeRO-3 gathers)."""
-    loader, maker = open_stream(config.data.valid or config.data.train, config, rank=0, world=1, epochs=1,
-                                tokenizer=tokenizer)
-    examples = [maker.example(s) for s in islice(loader, count)]
-    batch = collate(examples, config.data.target_len)
-    trainer.model.eval()
-    with gathered(trainer.model, trainer.zero3):
-        out = decode(trainer.model, config, batch["src_ids"].to(trainer.device),
-                     batch["src_mask"].to(trainer.device), config.data.target_len, config.diffusion.decode_steps,
-                     1, generator=torch.Generator(trainer.device).manual_seed(0), schedule=trainer.schedule)
-    trainer.model.train()
-    rows = []
-    for example, tokens in zip(examples, out.tokens[:, 0].cpu()):
-        source = tokenizer.processor.decode(example.source).replace("<mask>", " [____] ")
-        rows.append((" ".join(source.split()), " ".join(tokenizer.decode(example.target).split()),
-                     " ".join(tokenizer.decode(tokens.tolist()).split())))
-    return rows
-
-
-@torch.no_grad()
-def _validation_loss(trainer: Trainer, config: Config, tokenizer: Tokenizer, max_batches: int = 8) -> float:
-    """Mean loss over the first batches of data.valid with fixed noise: comparable across a run."""
-    loader, maker = open_stream(config.data.valid, config, rank=0, world=1, epochs=1, tokenizer=tokenizer)
-    generator = torch.Generator(trainer.device).manual_seed(0)
-    trainer.engine.eval()
-    losses = []
-    for batch in islice(batch_iterator(loader, maker, config.train.micro_batch_size), max_batches):
-        batch = {k: v.to(trainer.device) for k, v in batch.items()}
-        losses.append(trainer.engine(batch["src_ids"], batch["src_mask"], batch["tgt_ids"], generator).loss.item())
-    trainer.engine.train()
-    return sum(losses) / len(losses)
+def _start(config: Config, rank: int) -> tuple[RunDir, str | None, CheckpointStore, int]:
+    """Collective: the run directory, proven shared; the checkpoint every rank resumes from, chosen by rank 0."""
+    run = RunDir(config.train.output_dir, rank, config.train.staging_dir)
+    check_shared_directory(lambda text: run.write_text(text, ".ardiff-shared-check"),
+                           lambda: run.read_text(".ardiff-shared-check"), run.url)
+    plan, error = None, None
+    if rank == 0:
+        try:
+            tag, store = _plan_resume(config, run)
+            plan = (tag, store.root, store.info(tag)["world_size"] if tag else None)
+        except ConfigError as err:
+            error = err
+    raise_together(error)
+    tag, root, saved_world = broadcast_from_main(plan)
+    store = run.checkpoints if root == run.checkpoints.root else CheckpointStore(root, run.checkpoints.local)
+    return run, tag, store, saved_world
 
 
 def run_pretraining(config: Config, time_budget: float | None = None,
-                    init_weights: dict[str, torch.Tensor] | None = None) -> PretrainResult:
+                    init_weights: dict[str, torch.Tensor] | None = None,
+                    extra_callbacks: list[Callback] = ()) -> PretrainResult:
     """Train on `config.data.train` shards: span denoising for pretraining shards, seq2seq for task shards
     (fine-tuning, from `init_weights` when given). A resumed run ignores `init_weights`."""
     tokenizer = _check_inputs(config)
@@ -127,82 +153,90 @@ def run_pretraining(config: Config, time_budget: float | None = None,
     if train.threads:
         torch.set_num_threads(train.threads)
     rank, world = init_distributed()
-    out = Path(train.output_dir)
-    root = out / "checkpoints"
-    tag, root = _resume_point(config, root)
-    saved_world = checkpoint.saved_world_size(root / tag) if tag else world
+    control_group()
+    run, tag, store, saved_world = _start(config, rank)
+    saved_world = saved_world or world
+    if tag and saved_world != world and store.remote:
+        raise ConfigError(f"{store.root}/{tag} was saved by {saved_world} ranks and this job has {world}: a "
+                          "world-size change needs the checkpoint on a shared filesystem (copy it there and give "
+                          "train.resume=PATH), or run with the same number of ranks")
     # Fails before any training if a shard is missing or the tokenizer is not the shards' one.
     loader, maker = open_stream(config.data.train, config, rank, world, epochs=0, tokenizer=tokenizer)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_to_yaml(config))
+        run.write_text(config_to_yaml(config), "config.yaml")
 
-    history, throughput = LossHistory(), Throughput()
-    checkpoints = Checkpointing(root if tag else out / "checkpoints")
-    callbacks: list = [ConsoleProgress(), history, throughput, MetricsLog(out / "metrics.jsonl"),
-                       TimeBudget(time_budget), checkpoints]
-    tracker = tracking = None
-    if config.tracking.enabled and rank == 0:
-        from ardiff_scale.tracking.callback import MLflowLogging
-        from ardiff_scale.tracking.mlflow_tracker import MLflowTracker, resolve_tracking_uri
-        tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, out)
-        experiment = config.tracking.experiment or f"ardiff-{Path(config.recipe).stem if config.recipe else 'pretrain'}"
-        tracker = MLflowTracker(tracking_uri, experiment, config.tracking.run_name or out.name,
-                                artifact_root=out / "mlartifacts", parent_run_id=config.tracking.parent_run_id)
-        manifest = Path(config.data.train) / "manifest.json"
-        artifacts = [p for p in (Path(config.data.tokenizer + ".json"), manifest) if p.exists()]
-        tracking = MLflowLogging(tracker, history, throughput, artifacts)
-        callbacks.append(tracking)
-    samples: list[tuple[str, str, str]] = []
-
-    def generate_samples(trainer: Trainer) -> None:
-        samples[:] = _sample_texts(trainer, tokenizer, config)
-        if trainer.is_main:
-            text = "\n\n".join(f"source   : {s[:300]}\nreference: {r}\ngenerated: {g}" for s, r, g in samples)
-            log.info("samples at step %d:\n%s", trainer.step, text)
-            if tracking:
-                tracking.log_text(trainer, f"samples-step{trainer.step:08d}.txt", text)
-
-    def validate(trainer: Trainer) -> None:
-        loss = _validation_loss(trainer, config, tokenizer)
-        if trainer.is_main:
-            log.info("validation loss at step %d: %.4f", trainer.step, loss)
-            if tracker:
-                tracker.log_metrics({"valid_loss": loss}, trainer.step)
-
+    history = LossHistory()
+    samples = SampleGeneration(config, tokenizer)
+    callbacks: list[Callback] = [ConsoleProgress(), history, MetricsLog(run.local / "metrics.jsonl"),
+                                 TimeBudget(time_budget)]
     if config.data.valid:
-        callbacks.append(Periodic(train.eval_every, validate))
-    callbacks.append(Periodic(train.sample_every, generate_samples))
+        callbacks.append(Validation(config, tokenizer))
+    callbacks += [samples, *extra_callbacks]
+    checkpointer = Checkpointer(run.checkpoints)
+    callbacks.append(checkpointer)
+    tracker = None
+    if config.tracking.enabled and rank == 0:
+        tracker, tracking = _mlflow(config, run)
+        callbacks.append(tracking)
 
     torch.manual_seed(train.seed)  # the same initial weights on every rank and in every run
     model = build_model(config.model)
     if init_weights is not None:
         _load_init_weights(model, init_weights, rank)
-    trainer = Trainer(config, model, callbacks, load_universal=bool(tag) and saved_world != world)
-    trainer.data_state = loader.state_dict
+    trainer = Trainer(config, model, callbacks, checkpointer=checkpointer,
+                      load_universal=bool(tag) and saved_world != world, data_state=loader.state_dict)
     if tag:
         same = saved_world == world
-        ds_tag = tag if same else _universal(root, tag, rank)
-        states, _, seconds = checkpoint.load(trainer.engine, root, tag, ds_tag=ds_tag)
-        trainer.load_state_dict(states[rank] if same else states[0], same_world=same)
-        loader.load_state_dict(states[rank]["data"] if same else [s["data"] for s in states])
+        ds_tag = tag if same else _universal(Path(store.local), tag, rank)
+        loaded = checkpoint.load(trainer.engine, store, tag, rank, trainer.ema.keep, trainer.ema.partitioned,
+                                 ds_tag=ds_tag)
+        trainer.load_state_dict(loaded.rank_state, same_world=same)
+        loader.load_state_dict(loaded.data_states)
+        if loaded.ema is not None:
+            trainer.ema.load_state_dict(loaded.ema)
+        elif trainer.ema.keep:
+            log.warning("the EMA of %s does not fit world size %d (saved with %d): it restarts from the loaded "
+                        "weights", tag, world, saved_world)
+        log.debug("rank %d read %s", rank, loaded.files_read)
         if rank == 0:
-            log.info("resumed from %s at step %d (saved by %d rank(s), now %d) in %.1f s", root / tag,
-                     trainer.step, saved_world, world, seconds)
+            log.info("resumed from %s/%s at step %d (saved by %d rank(s), now %d) in %.1f s", store.root, tag,
+                     trainer.step, saved_world, world, loaded.seconds)
     status = "FAILED"
     try:
         trainer.fit(batch_iterator(loader, maker, train.micro_batch_size))
         status = "FINISHED"
+    except Preempted:
+        status = "KILLED"
+        raise
     finally:
         if tracker:
             tracker.close(status)
+        if rank == 0:
+            run.publish(["metrics.jsonl"])
     if rank == 0:
         log.info("data: %s %s", loader.stats.as_dict(), maker.counts)
-    _export(trainer, tokenizer, out)
+    _export(trainer, tokenizer, run.local)
     if rank == 0:
-        history.plot(out / "loss.png", title=f"{config.model_preset or 'model'} pretraining")
-        log.info("model written to %s (loss curve: %s)", out / "model", out / "loss.png")
-    return PretrainResult(trainer, tokenizer, history, samples, tag, tracker.tracking_uri if tracker else None)
+        history.plot(run.local / "loss.png", title=f"{config.model_preset or 'model'} pretraining")
+        run.publish(["model", "model-ema", "loss.png"])
+        log.info("model written to %s (loss curve: %s)", run.url_of("model"), run.url_of("loss.png"))
+    return PretrainResult(trainer, tokenizer, history, samples.samples, tag, run,
+                          tracker.tracking_uri if tracker else None)
+
+
+def _mlflow(config: Config, run: RunDir):
+    """The MLflow tracker and its callback (rank 0). Imported here, not at the top: tracking/ imports train/."""
+    from ardiff_scale.tracking.callback import MLflowLogging
+    from ardiff_scale.tracking.mlflow_tracker import MLflowTracker, resolve_tracking_uri
+
+    out = run.local
+    tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, out)
+    experiment = config.tracking.experiment or f"ardiff-{Path(config.recipe).stem if config.recipe else 'pretrain'}"
+    tracker = MLflowTracker(tracking_uri, experiment, config.tracking.run_name or Path(run.url).name,
+                            artifact_root=out / "mlartifacts", parent_run_id=config.tracking.parent_run_id)
+    manifest = Path(config.data.train) / "manifest.json"
+    artifacts = [p for p in (Path(config.data.tokenizer + ".json"), manifest) if p.exists()]
+    return tracker, MLflowLogging(tracker, artifacts)
 
 
 def _load_init_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], rank: int) -> None:

@@ -87,9 +87,14 @@ def test_run_is_tracked_and_survives_a_server_outage(shard_dir, tokenizer, tmp_p
         assert found.info.status == "FINISHED"
         history = client.get_metric_history(found.info.run_id, "loss")
         assert sorted(m.step for m in history) == list(range(1, 301))  # every step, outage or not
-        local = {int(r["step"]): r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        local = {int(r["step"]): r["loss"] for r in rows if "loss" in r}
         assert all(abs(m.value - local[m.step]) < 1e-9 for m in history)
         assert len(client.get_metric_history(found.info.run_id, "valid_loss")) == 3
+        # Each logging window's throughput, MFU and step-time breakdown: 300 steps, log_every 20.
+        windows = client.get_metric_history(found.info.run_id, "mfu")
+        assert len(windows) == 15 and all(m.value > 0 for m in windows)
+        assert {"time/forward_backward_s", "time/data_s", "tokens_per_s"} <= set(found.data.metrics)
         assert any(k.startswith("system/") for k in found.data.metrics)
         assert found.data.params["train.max_steps"] == "300" and found.data.params["model.hidden_size"] == "32"
         artifacts = {a.path for folder in ("config", "plots", "samples")

@@ -7,13 +7,16 @@ store listens on every interface, and these tests must talk to nothing but 127.0
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ardiff_scale.jobs.cluster import free_port
 
 BIN = Path(sys.executable).parent
+INSTRUMENTED = [str(Path(__file__).with_name("instrumented.py"))]  # records collectives and loads per rank
 
 
 def _isolated() -> list[str]:
@@ -22,15 +25,21 @@ def _isolated() -> list[str]:
 
 
 ISOLATE = _isolated() if shutil.which("unshare") and shutil.which("ip") else []
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 
-def launch(nproc: int, args: list[str], wait: bool = True, expect: int = 0, program: list[str] | None = None):
+def _env(extra: dict | None = None) -> dict:
+    """Read at each launch: tests set variables (AWS_*) after this module is imported."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def launch(nproc: int, args: list[str], wait: bool = True, expect: int = 0, program: list[str] | None = None,
+           env: dict | None = None):
     """`deepspeed --num_gpus nproc ardiff pretrain ARGS` (or `program ARGS`); returns the output when waited."""
     program = program or [str(BIN / "ardiff"), "pretrain"]
     cmd = [*ISOLATE, str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), *program, *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(env))
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=600)
@@ -40,7 +49,7 @@ def launch(nproc: int, args: list[str], wait: bool = True, expect: int = 0, prog
 
 def single(args: list[str], expect: int = 0) -> str:
     """One bare `ardiff pretrain` process (a world of one, no ports)."""
-    done = subprocess.run([str(BIN / "ardiff"), "pretrain", *args], capture_output=True, text=True, env=ENV,
+    done = subprocess.run([str(BIN / "ardiff"), "pretrain", *args], capture_output=True, text=True, env=_env(),
                           timeout=600)
     assert done.returncode == expect, (done.stdout + done.stderr)[-4000:]
     return done.stdout + done.stderr
@@ -51,4 +60,36 @@ def metric_rows(run: Path) -> list[dict]:
 
 
 def losses(run: Path) -> dict[int, float]:
-    return {int(r["step"]): r["loss"] for r in metric_rows(run)}
+    """Training loss per step; the last row wins (a resumed run logs the steps after its checkpoint again)."""
+    return {int(r["step"]): r["loss"] for r in metric_rows(run) if "loss" in r}
+
+
+def records(directory: Path) -> dict[int, dict]:
+    """What tests/train/instrumented.py recorded, per rank."""
+    return {int(p.stem[len("rank"):]): json.loads(p.read_text()) for p in directory.glob("rank*.json")}
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launch and everything under it (a failed test must not leave ranks behind)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    for process in [*children, psutil.Process(proc.pid)] if proc.poll() is None else children:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    proc.wait(timeout=30)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import launch, losses, single
+from launching import INSTRUMENTED, launch, losses, records, single
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,22 @@ def tok_file(tmp_path_factory, tokenizer):
     return path
 
 
+@pytest.fixture(scope="module")
+def two_process_run(shard_dir, tok_file, tmp_path_factory):
+    """The 2-process golden run, through the recorder of collectives (the recipe logs every 10 steps)."""
+    root = tmp_path_factory.mktemp("golden2")
+    launch(2, golden_args(shard_dir, tok_file, root / "run"), program=INSTRUMENTED,
+           env={"ARDIFF_RECORD": str(root / "record")})
+    return root
+
+
 @pytest.mark.parametrize("procs", [1, 2])
-def test_tiny_recipe_follows_the_golden_loss_curve(procs, shard_dir, tok_file, tmp_path):
-    out = tmp_path / "run"
-    args = golden_args(shard_dir, tok_file, out)
-    single(args) if procs == 1 else launch(2, args)
+def test_tiny_recipe_follows_the_golden_loss_curve(procs, shard_dir, tok_file, tmp_path, request):
+    if procs == 1:
+        out = tmp_path / "run"
+        single(golden_args(shard_dir, tok_file, out))
+    else:
+        out = request.getfixturevalue("two_process_run") / "run"
     got = losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))
     path = GOLDEN / f"tiny-cpu-{procs}proc.json"
@@ -52,3 +63,22 @@ def test_tiny_recipe_follows_the_golden_loss_curve(procs, shard_dir, tok_file, t
     want = json.loads(path.read_text())["loss"]
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(want[step - 1], rel=REL_TOL), f"step {step}: {got[step]} vs {want[step - 1]}"
+
+
+def test_metrics_are_reduced_once_per_logging_window(two_process_run):
+    """30 steps, log_every 10: three reductions of the metrics, not one per step or micro-batch. Every other
+    collective of ours is host-side agreement (stop/save flags, the resume plan) in train/distributed.py,
+    which runs over the gloo control group on GPUs."""
+    ranks = records(two_process_run / "record")
+    assert sorted(ranks) == [0, 1]
+    for rank, record in ranks.items():
+        metric_reductions = [c for c in record["calls"] if c["module"] == "ardiff_scale.train.trainer"]
+        assert [c["op"] for c in metric_reductions] == ["all_reduce"] * 3, (rank, metric_reductions)
+        assert all(c["device"] == "cpu" for c in metric_reductions)  # the engine's device here
+        others = {c["module"] for c in record["calls"]} - {"ardiff_scale.train.trainer"}
+        assert others <= {"ardiff_scale.train.distributed", "ardiff_scale.train.checkpoint",
+                          "ardiff_scale.train.pretrain", "ardiff_scale.train.ema"}, others
+        # Per step only the stop/save agreement: one small all-reduce, never on the device.
+        agreements = [c for c in record["calls"] if c["module"] == "ardiff_scale.train.distributed"
+                      and c["op"] == "all_reduce"]
+        assert len(agreements) == 30

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launching import BIN, launch, losses
+from launching import BIN, kill_tree, launch, losses
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +87,7 @@ def test_kill_a_rank_then_resume_auto_reproduces_the_uninterrupted_losses(shard_
         os.kill(_rank_pid(proc, 1), signal.SIGKILL)
         proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_tree(proc)
     assert proc.returncode != 0
     resumed_at = int((crashed / "checkpoints" / "latest").read_text()[len("step"):])
     assert 5 <= resumed_at < 30 and resumed_at % 5 == 0

@@ -1,0 +1,109 @@
+"""Validation loss and sample generations as callbacks: every `every` steps and at the end, on every rank
+(under ZeRO-3 they gather the weights, a collective); rank 0 reports through the trainer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from itertools import islice
+
+import torch
+
+from ardiff_scale.config import Config
+from ardiff_scale.data.objectives import collate
+from ardiff_scale.data.pipeline import batch_iterator, open_stream
+from ardiff_scale.data.tokenizer import Tokenizer
+from ardiff_scale.decoding import decode
+from ardiff_scale.train.engine import gathered
+from ardiff_scale.train.trainer import Callback, Trainer
+
+log = logging.getLogger("ardiff.train")
+
+
+class _Periodic(Callback):
+    """Runs `run(trainer)` every `every` steps (0: only at the end) and once at the end, timed."""
+
+    name = "periodic"
+
+    def __init__(self, every: int):
+        self.every = every
+        self.last = -1
+
+    def run(self, trainer: Trainer) -> None:
+        raise NotImplementedError
+
+    def _run_timed(self, trainer: Trainer) -> None:
+        if trainer.step == self.last:
+            return
+        started = time.perf_counter()
+        self.run(trainer)
+        self.last = trainer.step
+        trainer.add_time(self.name, time.perf_counter() - started)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.every and trainer.step % self.every == 0 and trainer.step < trainer.config.train.max_steps:
+            self._run_timed(trainer)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self._run_timed(trainer)
+
+
+class Validation(_Periodic):
+    """Mean loss over the first `max_batches` batches of data.valid with fixed noise: comparable across a run."""
+
+    name = "validation"
+
+    def __init__(self, config: Config, tokenizer: Tokenizer, max_batches: int = 8):
+        super().__init__(config.train.eval_every)
+        self.config, self.tokenizer, self.max_batches = config, tokenizer, max_batches
+
+    @torch.no_grad()
+    def run(self, trainer: Trainer) -> None:
+        loader, maker = open_stream(self.config.data.valid, self.config, rank=0, world=1, epochs=1,
+                                    tokenizer=self.tokenizer)
+        generator = torch.Generator(trainer.device).manual_seed(0)
+        trainer.engine.eval()
+        losses = []
+        for batch in islice(batch_iterator(loader, maker, self.config.train.micro_batch_size), self.max_batches):
+            batch = {k: v.to(trainer.device, non_blocking=True) for k, v in batch.items()}
+            losses.append(trainer.engine(batch["src_ids"], batch["src_mask"], batch["tgt_ids"], generator).loss)
+        trainer.engine.train()
+        loss = torch.stack(losses).float().mean().item()
+        if trainer.is_main:
+            log.info("validation loss at step %d: %.4f", trainer.step, loss)
+        trainer.publish({"valid_loss": loss})
+
+
+class SampleGeneration(_Periodic):
+    """Fills the masks of the first validation (or training) windows with the skipping sampler; the texts
+    go to the log and, through `on_text`, to whoever keeps them."""
+
+    name = "samples"
+
+    def __init__(self, config: Config, tokenizer: Tokenizer, count: int = 4):
+        super().__init__(config.train.sample_every)
+        self.config, self.tokenizer, self.count = config, tokenizer, count
+        self.samples: list[tuple[str, str, str]] = []  # (source, reference, generated) of the last run
+
+    def run(self, trainer: Trainer) -> None:
+        config, tokenizer = self.config, self.tokenizer
+        loader, maker = open_stream(config.data.valid or config.data.train, config, rank=0, world=1, epochs=1,
+                                    tokenizer=tokenizer)
+        examples = [maker.example(s) for s in islice(loader, self.count)]
+        batch = collate(examples, config.data.target_len)
+        trainer.model.eval()
+        with gathered(trainer.model, trainer.zero3):
+            out = decode(trainer.model, config, batch["src_ids"].to(trainer.device),
+                         batch["src_mask"].to(trainer.device), config.data.target_len, config.diffusion.decode_steps,
+                         1, generator=torch.Generator(trainer.device).manual_seed(0), schedule=trainer.schedule)
+        trainer.model.train()
+        rows = []
+        for example, tokens in zip(examples, out.tokens[:, 0].cpu()):
+            source = tokenizer.processor.decode(example.source).replace("<mask>", " [____] ")
+            rows.append((" ".join(source.split()), " ".join(tokenizer.decode(example.target).split()),
+                         " ".join(tokenizer.decode(tokens.tolist()).split())))
+        self.samples = rows
+        if trainer.is_main:
+            text = "\n\n".join(f"source   : {s[:300]}\nreference: {r}\ngenerated: {g}" for s, r, g in rows)
+            log.info("samples at step %d:\n%s", trainer.step, text)
+            trainer.publish_text(f"samples-step{trainer.step:08d}.txt", text)
