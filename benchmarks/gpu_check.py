@@ -62,12 +62,16 @@ def preemption(work: Path, tok: Path, shards: Path, cpu: bool) -> dict:
     cmd = [str(BIN / "deepspeed"), "--num_gpus", "1", "--master_addr", "127.0.0.1", "--master_port", "29561",
            str(BIN / "ardiff"), "pretrain", *args]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and max(_run_dir_losses(run), default=0) < 30 and proc.poll() is None:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as a scheduler does (launcher, rank, workers)
+    # The rank and its data workers, as a scheduler signals a job's tasks. (Signalled itself, the deepspeed
+    # launcher forwards SIGTERM, gives the ranks 30 s, and exits 1 whatever they return.)
+    import psutil
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        if "ardiff" in " ".join(child.cmdline()) and "deepspeed.launcher" not in " ".join(child.cmdline()):
+            child.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=180)
     first_s = time.perf_counter() - started
     latest = run / "checkpoints" / "latest"
