@@ -28,8 +28,11 @@ ISOLATE = _isolated() if shutil.which("unshare") and shutil.which("ip") else []
 
 
 def _env(extra: dict | None = None) -> dict:
-    """Read at each launch: tests set variables (AWS_*) after this module is imported."""
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(extra or {})}
+    """Read at each launch: tests set variables (AWS_*) after this module is imported. Without the rank
+    variables that in-process tests leave behind (a world of one sets RANK=0 in this process)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(extra or {})}
 
 
 def launch(nproc: int, args: list[str], wait: bool = True, expect: int = 0, program: list[str] | None = None,

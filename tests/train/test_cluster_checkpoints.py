@@ -41,7 +41,8 @@ def _ranks(launcher: subprocess.Popen) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(launcher.pid).children(recursive=True):
         try:
-            if "RANK" in child.environ() and "instrumented.py" in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            if "instrumented.py" in command and "deepspeed.launcher" not in command:
                 found.append(child)
         except psutil.Error:
             continue
