@@ -96,3 +96,14 @@ def kill_tree(proc: subprocess.Popen) -> None:
         except psutil.Error:
             pass
     proc.wait(timeout=30)
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until a running launch has logged `step` in its metrics.jsonl (it must not exit before)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").exists() and max(losses(run), default=0) >= step:
+            return
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    raise TimeoutError(f"step {step} not reached")

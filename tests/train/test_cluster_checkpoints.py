@@ -2,7 +2,6 @@
 and a checkpoint layout whose size and reads do not grow with the rank count."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import torch
 
 from ardiff_scale.errors import PREEMPTED_EXIT
 from ardiff_scale.jobs.cluster import free_port
-from launching import INSTRUMENTED, kill_tree, launch, losses, records, single, wait_for_port
+from launching import INSTRUMENTED, kill_tree, launch, losses, records, single, wait_for_port, wait_for_step
 
 pytestmark = pytest.mark.integration
 
@@ -49,16 +48,6 @@ def _ranks(launcher: subprocess.Popen) -> list[psutil.Process]:
     return found
 
 
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run / "metrics.jsonl").exists() and max(losses(run), default=0) >= step:
-            return
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    raise TimeoutError(f"step {step} not reached")
-
-
 def test_sigterm_checkpoints_the_step_reached_and_the_same_command_continues(shard_dir, tok_path, tmp_path):
     """SIGTERM to every rank of a 2-process ZeRO-2 run with no periodic checkpoint due: each rank finishes
     its step, they write a checkpoint of it together and exit with PREEMPTED_EXIT; the same command (no
@@ -72,7 +61,7 @@ def test_sigterm_checkpoints_the_step_reached_and_the_same_command_continues(sha
     args = run_args(shard_dir, tok_path, run, *common)
     proc = launch(2, args, wait=False, program=INSTRUMENTED, env={"ARDIFF_RECORD": str(tmp_path / "first")})
     try:
-        _wait_for_step(run, 10, proc)
+        wait_for_step(run, 10, proc)
         processes = _ranks(proc)  # the two ranks and their DataLoader workers
         pids = {p.pid for p in processes}
         assert sum(p.ppid() not in pids for p in processes) == 2, processes  # ranks: not forked from a rank

@@ -4,13 +4,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from launching import BIN, kill_tree, launch, losses
+from launching import BIN, kill_tree, launch, losses, wait_for_step
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +55,6 @@ def test_two_processes_lower_the_loss_under_each_zero_stage(stage, shard_dir, to
             assert (exported[key] - trained[key]).abs().max() < 1e-6, (name, key)
 
 
-def _wait_for_step(run: Path, step: int, proc, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run / "metrics.jsonl").exists() and max(losses(run), default=0) >= step:
-            return
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.2)
-    raise TimeoutError(f"step {step} not reached")
-
-
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
     for child in psutil.Process(launcher.pid).children(recursive=True):
         try:
@@ -83,7 +72,7 @@ def test_kill_a_rank_then_resume_auto_reproduces_the_uninterrupted_losses(shard_
     crashed = tmp_path / "crashed"
     proc = launch(2, run_args(shard_dir, tok_path, crashed, *common), wait=False)
     try:
-        _wait_for_step(crashed, 8, proc)
+        wait_for_step(crashed, 8, proc)
         os.kill(_rank_pid(proc, 1), signal.SIGKILL)
         proc.communicate(timeout=120)
     finally:
