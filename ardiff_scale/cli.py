@@ -53,6 +53,14 @@ def cmd_shards_inspect(args: argparse.Namespace) -> None:
     inspect_command(args.location, args.samples)
 
 
+def cmd_shards_bench(args: argparse.Namespace) -> None:
+    from ardiff_scale.data.bench import bench_shards, report
+    result = bench_shards(args.location, workers=args.workers, batch=args.batch, seconds=args.seconds,
+                          kind=args.kind, source_len=args.source_len, target_len=args.target_len,
+                          open_shards=args.open_shards, prefetch_shards=args.prefetch_shards)
+    print(report(result, args.json))
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from ardiff_scale.commands import pretrain
     pretrain(args.recipe, args.overrides)
@@ -165,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("location", help="shard directory, manifest URL or shard URLs")
     p.add_argument("--samples", type=int, default=3, help="samples to show (default 3)")
     p.set_defaults(func=cmd_shards_inspect)
+    p = shards.add_parser("bench", help="measure how fast the training data path serves a shard set",
+                          description="Stream a shard set through exactly the training data path (DataLoader "
+                                      "workers reading shards and making micro-batches with the training "
+                                      "objective) and print samples/s, tokens/s, batches/s, the time to the first "
+                                      "batch and the training process's CPU time per batch. Run it on the data "
+                                      "host before renting GPUs: one GPU needs thousands of samples/s.")
+    p.add_argument("location", help="shard directory, manifest URL or shard URLs (file, http(s), s3)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="DataLoader workers; -1 picks as training does (data.num_workers=-1) (default -1)")
+    p.add_argument("--batch", type=int, default=8, help="samples per micro-batch (default 8)")
+    p.add_argument("--seconds", type=float, default=30.0,
+                   help="how long to measure after the first batch; 0 = one epoch (default 30)")
+    p.add_argument("--kind", choices=["pretrain", "seq2seq"], default=None,
+                   help="objective, for shards without a manifest (default: the manifest's kind)")
+    p.add_argument("--source-len", type=int, default=512, help="source tokens, as data.source_len (default 512)")
+    p.add_argument("--target-len", type=int, default=64, help="target tokens, as data.target_len (default 64)")
+    p.add_argument("--open-shards", type=int, default=4, help="as data.open_shards (default 4)")
+    p.add_argument("--prefetch-shards", type=int, default=2, help="as data.prefetch_shards (default 2)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_shards_bench)
 
     p = sub.add_parser("pretrain", help="pretrain on plain text with the span-denoising objective",
                        description="Train the model on pretraining shards with GENIE's continuous paragraph "

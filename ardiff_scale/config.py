@@ -75,13 +75,17 @@ class DataConfig:
     # Pretraining: the fraction of a window's tokens masked to form the target.
     mask_fraction: float = 0.3
     min_tokens: int = 30  # shorter windows are dropped when shards are built
-    num_workers: int = 0  # DataLoader worker processes per rank
+    # DataLoader worker processes per rank, which read shards and make the batches; -1: auto (on a GPU host
+    # the CPUs per local rank less one, at most 8; on a CPU run 1 with 4 or more cores per rank, else 0).
+    num_workers: int = -1
+    prefetch_shards: int = 2  # shards each worker fetches ahead of those it has open
     open_shards: int = 4  # shards each worker interleaves: the width of the shuffle
     on_error: str = "warn"  # an unreadable shard: "warn" (skip, log, count) or "raise"
 
     def validate(self, prefix: str = "data") -> None:
         _positive(self, prefix, "source_len", "target_len", "open_shards")
-        _non_negative(self, prefix, "min_tokens", "num_workers")
+        _non_negative(self, prefix, "min_tokens", "prefetch_shards")
+        _check(prefix, "num_workers", self.num_workers, self.num_workers >= -1, ">= 0, or -1 for auto")
         _check(prefix, "mask_fraction", self.mask_fraction, 0.0 < self.mask_fraction < 1.0, "in (0, 1)")
         _one_of(self, prefix, "on_error", ("warn", "raise"))
 

@@ -144,11 +144,11 @@ def random_batches(args: argparse.Namespace, vocab: int, rank: int):
 
 
 def shard_batches(args: argparse.Namespace, config, rank: int, world: int):
-    from ardiff_scale.data.pipeline import batch_iterator, open_stream
+    from ardiff_scale.data.pipeline import open_shards, open_stream
     from ardiff_scale.data.tokenizer import Tokenizer
 
-    loader, maker = open_stream(args.shards, config, rank, world, epochs=0, tokenizer=Tokenizer.load(args.tokenizer))
-    return batch_iterator(loader, maker, args.batch)
+    shard_set = open_shards(args.shards, Tokenizer.load(args.tokenizer))
+    return open_stream(shard_set, config, rank, world, epochs=0, batch_size=args.batch).tensors()
 
 
 def main() -> None:

@@ -210,19 +210,22 @@ def measured_small_files(args: argparse.Namespace) -> tuple[float, float, str]:
 # --- data path --------------------------------------------------------------------------------------------
 
 def reader_rates(path: Path) -> dict:
-    """Per-worker samples/s of bench_data.py's ShardLoader rows (total / workers), and bytes per sample."""
+    """Per-worker samples/s of bench_data.py's "after" rows (the batched reader training uses, with workers:
+    total / workers), and shard bytes and token ids per sample from the shard manifest it records."""
     results = json.loads(path.read_text())
-    rows = [r for r in results["reading"] if r["reader"] == "ShardLoader" and r["workers"] > 0
-            and not r["shards_failed"]]
+    if "rows" not in results:
+        raise SystemExit(f"{path} has the layout of bench_data.py before the before/after rewrite: run "
+                         "benchmarks/bench_data.py again")
+    rows = [r for r in results["rows"] if r["impl"] == "new" and r["workers"] > 0 and not r["shards_failed"]]
     per_worker = {f"{r['source']} {r['workers']}w": r["samples_per_s"] / r["workers"] for r in rows}
-    floor = next(r for r in results["reading"] if r["reader"] == "tarfile r|")
-    batch = next((r for r in results["reading"] if r["reader"].startswith("batches")), None)
+    batch = max((r for r in rows if r["source"] == "local"), key=lambda r: r["workers"], default=None)
+    shards = results["shards"]
     return {"per_worker": per_worker, "conservative": min(per_worker.values()),
             "conservative_row": min(per_worker, key=per_worker.get),
-            "bytes_per_sample": floor["bytes"] / floor["samples"],
-            "tokens_per_sample": floor["tokens"] / floor["samples"],
+            "bytes_per_sample": shards["bytes"] / shards["samples"],
+            "tokens_per_sample": shards["tokens"] / shards["samples"],
             "batch_path_samples_per_s": batch["samples_per_s"] if batch else None,
-            "batch_path": f"{batch['reader']}, {batch['workers']} workers" if batch else None,
+            "batch_path": f"batches of {batch['batch']}, {batch['workers']} workers" if batch else None,
             "machine": results["machine"], "source": str(path)}
 
 

@@ -58,6 +58,16 @@ def test_tokenizer_pretrain_generate_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr
     out = ardiff("shards", "inspect", str(shards))
     assert out.returncode == 0 and '"kind": "pretrain"' in out.stdout and "Chapter" in out.stdout
+    out = ardiff("shards", "bench", str(shards), "--workers", "1", "--batch", "4", "--seconds", "0",
+                 "--source-len", "80", "--target-len", "24", "--json")
+    assert out.returncode == 0, out.stderr
+    bench = json.loads(out.stdout)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    # One epoch: every sample but the first batch's is measured (the first batch times the start-up).
+    assert bench["samples"] == manifest["totals"]["samples"] - 4 and bench["workers"] == 1
+    assert bench["samples_per_s"] > 0 and bench["main_cpu_ms_per_batch"] > 0 and bench["shards_failed"] == 0
+    out = ardiff("shards", "bench", str(tmp_path / "nowhere"))
+    assert out.returncode != 0 and "manifest.json" in out.stderr
     run = tmp_path / "run"
     out = ardiff("pretrain", f"data.train={shards}", f"data.valid={shards}", f"data.tokenizer={tok}",
                  "model.vocab_size=400", "train.max_steps=15", "train.micro_batch_size=4", "train.log_every=5",

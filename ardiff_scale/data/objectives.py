@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ardiff_scale.data.tokenizer import BOS, EOS, MASK, PAD
@@ -64,11 +65,13 @@ def collate(examples: Sequence[Example], target_len: int, source_len: int | None
     if source_len is not None and longest > source_len:
         raise ValueError(f"source of {longest} tokens exceeds source_len {source_len}")
     src_len = source_len or longest
-    src = torch.full((len(examples), src_len), PAD, dtype=torch.int64)
-    tgt = torch.full((len(examples), target_len), PAD, dtype=torch.int64)
+    # One numpy fill per row: a tensor per row costs more than the row's copy (this runs for every sample).
+    src = np.full((len(examples), src_len), PAD, dtype=np.int64)
+    tgt = np.full((len(examples), target_len), PAD, dtype=np.int64)
     for row, example in enumerate(examples):
         if len(example.target) > target_len:
             raise ValueError(f"target of {len(example.target)} tokens exceeds target_len {target_len}")
-        src[row, :len(example.source)] = torch.tensor(example.source)
-        tgt[row, :len(example.target)] = torch.tensor(example.target)
-    return {"src_ids": src, "src_mask": (src != PAD).long(), "tgt_ids": tgt}
+        src[row, :len(example.source)] = example.source
+        tgt[row, :len(example.target)] = example.target
+    src_ids = torch.from_numpy(src)
+    return {"src_ids": src_ids, "src_mask": (src_ids != PAD).long(), "tgt_ids": torch.from_numpy(tgt)}

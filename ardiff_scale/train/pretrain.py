@@ -19,9 +19,10 @@ import torch
 import torch.distributed as dist
 
 from ardiff_scale.config import Config, config_to_yaml, flatten, load_config
-from ardiff_scale.data.pipeline import batch_iterator, open_stream
+from ardiff_scale.data.pipeline import open_shards, open_stream
+from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.tokenizer import Tokenizer
-from ardiff_scale.errors import ConfigError, Preempted
+from ardiff_scale.errors import ConfigError, DataError, Preempted
 from ardiff_scale.export import save_model_dir
 from ardiff_scale.model import build_model, encoder_weights
 from ardiff_scale.train import checkpoint
@@ -125,6 +126,21 @@ def _universal(root: Path, tag: str, rank: int) -> str:
     return target.name
 
 
+def _open_data(config: Config, tokenizer: Tokenizer, rank: int) -> tuple[ShardSet, ShardSet | None]:
+    """Collective: the training and validation shard sets, listed and validated once, by rank 0, and handed to
+    every rank; no rank or worker asks the store about a shard again (64 ranks x 10k shards would be 640k
+    requests before the first step)."""
+    sets, error = None, None
+    if rank == 0:
+        try:
+            sets = (open_shards(config.data.train, tokenizer),
+                    open_shards(config.data.valid, tokenizer) if config.data.valid else None)
+        except (ConfigError, DataError) as err:
+            error = err
+    raise_together(error)
+    return broadcast_from_main(sets)
+
+
 def _start(config: Config, rank: int) -> tuple[RunDir, str | None, CheckpointStore, int]:
     """Collective: the run directory, proven shared; the checkpoint every rank resumes from, chosen by rank 0."""
     run = RunDir(config.train.output_dir, rank, config.train.staging_dir)
@@ -161,16 +177,20 @@ def run_pretraining(config: Config, time_budget: float | None = None,
                           "world-size change needs the checkpoint on a shared filesystem (copy it there and give "
                           "train.resume=PATH), or run with the same number of ranks")
     # Fails before any training if a shard is missing or the tokenizer is not the shards' one.
-    loader, maker = open_stream(config.data.train, config, rank, world, epochs=0, tokenizer=tokenizer)
+    train_set, valid_set = _open_data(config, tokenizer, rank)
+    loader = open_stream(train_set, config, rank, world, epochs=0)
+    if rank == 0:
+        log.info("data: %d training shards, %d workers per rank make micro-batches of %d", len(train_set.urls),
+                 loader.num_workers, train.micro_batch_size)
     if rank == 0:
         run.write_text(config_to_yaml(config), "config.yaml")
 
     history = LossHistory()
-    samples = SampleGeneration(config, tokenizer)
+    samples = SampleGeneration(config, tokenizer, valid_set or train_set)
     callbacks: list[Callback] = [ConsoleProgress(), history, MetricsLog(run.local / "metrics.jsonl"),
                                  TimeBudget(time_budget)]
-    if config.data.valid:
-        callbacks.append(Validation(config, tokenizer))
+    if valid_set is not None:
+        callbacks.append(Validation(config, valid_set))
     callbacks += [samples, *extra_callbacks]
     checkpointer = Checkpointer(run.checkpoints)
     callbacks.append(checkpointer)
@@ -203,7 +223,7 @@ def run_pretraining(config: Config, time_budget: float | None = None,
                      trainer.step, saved_world, world, loaded.seconds)
     status = "FAILED"
     try:
-        trainer.fit(batch_iterator(loader, maker, train.micro_batch_size))
+        trainer.fit(loader.tensors())
         status = "FINISHED"
     except Preempted:
         status = "KILLED"
@@ -214,7 +234,7 @@ def run_pretraining(config: Config, time_budget: float | None = None,
         if rank == 0:
             run.publish(["metrics.jsonl"])
     if rank == 0:
-        log.info("data: %s %s", loader.stats.as_dict(), maker.counts)
+        log.info("data: %s", loader.stats.as_dict())
     _export(trainer, tokenizer, run.local)
     if rank == 0:
         history.plot(run.local / "loss.png", title=f"{config.model_preset or 'model'} pretraining")

@@ -10,8 +10,9 @@ from itertools import islice
 import torch
 
 from ardiff_scale.config import Config
-from ardiff_scale.data.objectives import collate
-from ardiff_scale.data.pipeline import batch_iterator, open_stream
+from ardiff_scale.data.pipeline import open_stream
+from ardiff_scale.data.shards import ShardSet
+from ardiff_scale.data.tokenizer import PAD
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.decoding import decode
 from ardiff_scale.train.engine import gathered
@@ -53,18 +54,18 @@ class Validation(_Periodic):
 
     name = "validation"
 
-    def __init__(self, config: Config, tokenizer: Tokenizer, max_batches: int = 8):
+    def __init__(self, config: Config, shard_set: ShardSet, max_batches: int = 8):
         super().__init__(config.train.eval_every)
-        self.config, self.tokenizer, self.max_batches = config, tokenizer, max_batches
+        self.config, self.shard_set, self.max_batches = config, shard_set, max_batches
 
     @torch.no_grad()
     def run(self, trainer: Trainer) -> None:
-        loader, maker = open_stream(self.config.data.valid, self.config, rank=0, world=1, epochs=1,
-                                    tokenizer=self.tokenizer)
+        # A few batches, read in this process: worker start-up would cost more than the reading.
+        loader = open_stream(self.shard_set, self.config, rank=0, world=1, epochs=1, num_workers=0)
         generator = torch.Generator(trainer.device).manual_seed(0)
         trainer.engine.eval()
         losses = []
-        for batch in islice(batch_iterator(loader, maker, self.config.train.micro_batch_size), self.max_batches):
+        for batch in islice(loader.tensors(), self.max_batches):
             batch = {k: v.to(trainer.device, non_blocking=True) for k, v in batch.items()}
             losses.append(trainer.engine(batch["src_ids"], batch["src_mask"], batch["tgt_ids"], generator).loss)
         trainer.engine.train()
@@ -80,17 +81,16 @@ class SampleGeneration(_Periodic):
 
     name = "samples"
 
-    def __init__(self, config: Config, tokenizer: Tokenizer, count: int = 4):
+    def __init__(self, config: Config, tokenizer: Tokenizer, shard_set: ShardSet, count: int = 4):
         super().__init__(config.train.sample_every)
-        self.config, self.tokenizer, self.count = config, tokenizer, count
+        self.config, self.tokenizer, self.shard_set, self.count = config, tokenizer, shard_set, count
         self.samples: list[tuple[str, str, str]] = []  # (source, reference, generated) of the last run
 
     def run(self, trainer: Trainer) -> None:
         config, tokenizer = self.config, self.tokenizer
-        loader, maker = open_stream(config.data.valid or config.data.train, config, rank=0, world=1, epochs=1,
-                                    tokenizer=tokenizer)
-        examples = [maker.example(s) for s in islice(loader, self.count)]
-        batch = collate(examples, config.data.target_len)
+        loader = open_stream(self.shard_set, config, rank=0, world=1, epochs=1, batch_size=self.count,
+                             num_workers=0)
+        batch = next(loader.tensors())
         trainer.model.eval()
         with gathered(trainer.model, trainer.zero3):
             out = decode(trainer.model, config, batch["src_ids"].to(trainer.device),
@@ -98,9 +98,10 @@ class SampleGeneration(_Periodic):
                          1, generator=torch.Generator(trainer.device).manual_seed(0), schedule=trainer.schedule)
         trainer.model.train()
         rows = []
-        for example, tokens in zip(examples, out.tokens[:, 0].cpu()):
-            source = tokenizer.processor.decode(example.source).replace("<mask>", " [____] ")
-            rows.append((" ".join(source.split()), " ".join(tokenizer.decode(example.target).split()),
+        for src_ids, tgt_ids, tokens in zip(batch["src_ids"], batch["tgt_ids"], out.tokens[:, 0].cpu()):
+            source = tokenizer.processor.decode([t for t in src_ids.tolist() if t != PAD]).replace("<mask>", " [____] ")
+            target = [t for t in tgt_ids.tolist() if t != PAD]
+            rows.append((" ".join(source.split()), " ".join(tokenizer.decode(target).split()),
                          " ".join(tokenizer.decode(tokens.tolist()).split())))
         self.samples = rows
         if trainer.is_main:

@@ -56,9 +56,13 @@ def test_two_processes_lower_the_loss_under_each_zero_stage(stage, shard_dir, to
 
 
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The rank itself, not one of its DataLoader workers (forked: same environment and command line)."""
+    def is_rank(process: psutil.Process) -> bool:
+        return process.environ().get("RANK") == str(rank) and "pretrain" in " ".join(process.cmdline())
+
     for child in psutil.Process(launcher.pid).children(recursive=True):
         try:
-            if child.environ().get("RANK") == str(rank) and "pretrain" in " ".join(child.cmdline()):
+            if is_rank(child) and not is_rank(child.parent()):
                 return child.pid
         except psutil.Error:
             continue
@@ -85,10 +89,12 @@ def test_kill_a_rank_then_resume_auto_reproduces_the_uninterrupted_losses(shard_
     want, got = losses(reference), losses(crashed)
     for step in range(resumed_at + 1, 31):
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), f"step {step}"
-    # The reader's state at the end: 30 steps x 4 samples read by rank 0, whatever happened in between.
+    # The reader's state at the end: 30 steps x 4 samples read by rank 0 (its one worker's cursor counts what
+    # it consumed per shard), whatever happened in between.
     state = __import__("torch").load(crashed / "checkpoints" / "step00000030" / "ardiff-rank00000.pt",
                                      weights_only=False)["data"]
-    assert sum(state["picks"]) == 30 * 4
+    (cursor,) = state["cursors"]
+    assert cursor["epoch"] == 0 and sum(n for _, _, n in cursor["offsets"]) == 30 * 4
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
