@@ -314,15 +314,16 @@ class BatchStream(IterableDataset):
                 # file and a descriptor each, which costs the training process about 0.5 ms per tensor to take.
                 tensors = {name: value.numpy() for name, value in tensors.items()}
             keys = [f"{s['__url__'].rsplit('/', 1)[-1]}/{s['__key__']}" for s in samples]
-            # The cursor as text: one string for the DataLoader to pass (and pin_memory to look at), decoded
-            # only when a checkpoint asks for the state.
+            # The cursor as text: one string to pickle, decoded only when a checkpoint asks for the state.
             item = {"role": role, "tensors": tensors, "keys": keys, "cursor": json.dumps(cursor.snapshot()),
                     "events": list(events), "notes": notes}
             events.clear()
             if tensors is not None:
                 yield item
             if len(samples) < self.batch_size:  # the end of a finite stream: a last, shorter batch at most
-                yield {**item, "tensors": None, "keys": []}
+                done = tensors is not None  # its events and notes travelled with that batch
+                yield {**item, "tensors": None, "keys": [], "events": [] if done else item["events"],
+                       "notes": {} if done else notes}
                 return
 
 

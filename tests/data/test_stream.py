@@ -66,6 +66,18 @@ def test_one_epoch_is_every_sample_once_and_seeded(shard_dir):
     assert stats["shards_failed"] == 0 and stats["samples"] == len(got) and stats["batches"] == -(-len(got) // 4)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_what_the_workers_count_reaches_the_loader_once(shard_dir, workers):
+    """Truncations counted in the workers add up to those of every sample read, the last batch's included."""
+    from ardiff_scale.data.shards import read_shard
+    shard_set = ShardSet.open(str(shard_dir))
+    expected = sum(len(s["ids"]) > 60 - 2 for url in shard_set.urls for s in read_shard(url, shard_set.dtype))
+    maker = BatchMaker("pretrain", source_len=60, target_len=16, mask_fraction=0.3, seed=0)
+    loader = BatchLoader(BatchStream(shard_set, StreamOptions(seed=0), 0, 1, 5, maker), num_workers=workers)
+    assert sum(len(b.keys) for b in loader) == all_keys(shard_dir)
+    assert 0 < expected == loader.stats.as_dict()["truncated_sources"]
+
+
 def test_batches_are_the_batch_makers_tensors_of_their_samples(shard_dir):
     """What a worker hands over is exactly BatchMaker over the batch's samples, read here directly."""
     shard_set = ShardSet.open(str(shard_dir))
