@@ -334,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave_process_group() -> None:
+    """Tear down a process group the command joined, before the interpreter exits. Left to the interpreter's
+    exit, a rank whose peers already quit (a refused start, an error on every rank) could abort in the C++
+    destructors ("terminate called without an active exception") and report status -6 instead of its own."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        try:
+            distributed.destroy_process_group()
+        except Exception as err:  # noqa: BLE001 - the exit status must stay the command's own
+            log.debug("process group teardown: %s", err)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -348,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
     return 0
 
 

@@ -5,6 +5,7 @@
 2. The xsum preset's training step in bf16: tokens/s and MFU against the GPU's datasheet peak, with the
    step-time breakdown (data wait, forward+backward, optimizer) from the trainer's own accounting.
 3. The skipping sampler on the xsum preset at k = 50 candidates, M = 20 steps, source 512.
+4. The data path (`ardiff shards bench`) with the worker count training picks on the host, batches pinned.
 
 Prints a table and writes JSON. `--cpu` runs every part on the CPU (gloo, fp32, small shapes) so the script
 is known to work up to the GPU-specific parts.
@@ -150,6 +151,15 @@ def sampler(cpu: bool) -> dict:
             "seconds_per_source": min(times[1:]), "first_call_s": times[0]}
 
 
+def data_path(shards: Path) -> dict:
+    """`ardiff shards bench` with the worker count training would pick on this host (data.num_workers=-1); on
+    a GPU host the batches are pinned, the path the trainer's non-blocking copies rely on."""
+    done = subprocess.run([str(BIN / "ardiff"), "shards", "bench", str(shards), "--batch", "8", "--source-len", "512",
+                           "--target-len", "50", "--seconds", "8", "--json"], capture_output=True, text=True,
+                          timeout=180)
+    return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr[-2000:]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run everything on the CPU (gloo, fp32, small shapes)")
@@ -168,19 +178,21 @@ def main() -> int:
     results = {"device": device, "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="ardiff-gpu-check-") as tmp:
         work = Path(tmp)
-        say("1/4 tokenizer and shards from the bundled demo corpus")
+        say("1/5 tokenizer and shards from the bundled demo corpus")
         tok, shards = prepare_data(work)
-        say("2/4 tiny-recipe pretraining under deepspeed: SIGTERM at step 30, then the same command again")
+        say("2/5 tiny-recipe pretraining under deepspeed: SIGTERM at step 30, then the same command again")
         results["preemption"] = preemption(work, tok, shards, args.cpu)
         say(f"    {results['preemption']['exit_status_on_sigterm']=} {results['preemption']['checkpoint_at_sigterm']=}")
         for number, part in ((3, "step"), (4, "sampler")):
-            say(f"{number}/4 {'xsum training step' if part == 'step' else 'sampler k=50 M=20 on the xsum preset'}")
+            say(f"{number}/5 {'xsum training step' if part == 'step' else 'sampler k=50 M=20 on the xsum preset'}")
             # Its own process: a single-process job joins a world of one, which the first part's engine left.
             done = subprocess.run([sys.executable, __file__, "--part", part, *(["--cpu"] if args.cpu else [])],
                                   capture_output=True, text=True, env=env, timeout=300)
             results[part] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
                 "error": done.stderr[-2000:]}
-    p, s, d = results["preemption"], results["step"], results["sampler"]
+        say("5/5 the data path: ardiff shards bench, workers as training picks them")
+        results["data"] = data_path(shards)
+    p, s, d, r = results["preemption"], results["step"], results["sampler"], results["data"]
     rows = [("device", device),
             ("preemption: exit status on SIGTERM (want 75)", p["exit_status_on_sigterm"]),
             ("preemption: checkpoint written at SIGTERM", p["checkpoint_at_sigterm"]),
@@ -199,13 +211,19 @@ def main() -> int:
         rows.append((f"sampler k={d['candidates']} M=20 source {d['source_len']}", f"{d['seconds_per_source']:.3f} s/source"))
     else:
         rows.append(("sampler", "FAILED: " + d["error"][-300:]))
+    if "error" not in r:
+        rows += [(f"data path: {r['workers']} workers, batches of 8 x (512 + 50)",
+                  f"{r['samples_per_s']:,.0f} samples/s, first batch {r['first_batch_s']:.2f} s"),
+                 ("  training-process CPU per batch", f"{r['main_cpu_ms_per_batch']:.3f} ms")]
+    else:
+        rows.append(("data path", "FAILED: " + r["error"][-300:]))
     print("| check | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"\nJSON: {args.out}")
-    return 0 if p["ok"] and "error" not in s and "error" not in d else 1
+    return 0 if p["ok"] and all("error" not in part for part in (s, d, r)) else 1
 
 
 if __name__ == "__main__":
