@@ -112,3 +112,34 @@ def test_trajectory_finishes_left_tokens_first():
     assert traj[1, [0, 25, 49]].tolist() == [1898, 1923, 1947]
     assert traj[-3, [0, 25, 49]].tolist() == [164, 623, 1063]
     assert traj[-2, [0, 25, 49]].tolist() == [62, 546, 1011]
+
+
+@pytest.mark.parametrize("s, e", [(1999, 1200), (1500, 900), (700, 3), (400, 0)])
+def test_skip_update_over_non_adjacent_steps_is_the_closed_form_posterior(s, e):
+    """q(x_e | x_s, x0) for any e < s, written out with scalar math: mean = sqrt(abar_e) (1 - abar_s/abar_e) /
+    (1 - abar_s) x0 + sqrt(abar_s/abar_e) (1 - abar_e) / (1 - abar_s) x_s, variance (1 - abar_e) (1 - abar_s/abar_e)
+    / (1 - abar_s), no noise at e = 0."""
+    import math
+
+    schedule = sqrt_schedule(2000)
+    a_s, a_e = (float(schedule.alphas_cumprod[i]) for i in (s, e))
+    generator = torch.Generator().manual_seed(s + e)
+    x, x0, noise = (torch.randn(2, 3, 5, generator=generator, dtype=torch.float64) for _ in range(3))
+    got = skip_update(x, x0, torch.tensor(s), torch.tensor(e), schedule, noise)
+    mean = (math.sqrt(a_e) * (1 - a_s / a_e) / (1 - a_s)) * x0 + (math.sqrt(a_s / a_e) * (1 - a_e) / (1 - a_s)) * x
+    std = 0.0 if e == 0 else math.sqrt((1 - a_e) * (1 - a_s / a_e) / (1 - a_s))
+    assert torch.allclose(got, mean + std * noise, rtol=1e-10, atol=1e-12)
+
+
+def test_skip_update_keeps_the_forward_marginal_over_a_jump():
+    """If x_s ~ q(x_s | x0), one jump to e gives x_e ~ q(x_e | x0): mean sqrt(abar_e) x0, variance 1 - abar_e."""
+    schedule = sqrt_schedule(2000)
+    s, e = 1600, 500
+    a_s, a_e = (float(schedule.alphas_cumprod[i]) for i in (s, e))
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000, 1, 1), 0.7, dtype=torch.float64)
+    x_s = a_s ** 0.5 * x0 + (1 - a_s) ** 0.5 * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    x_e = skip_update(x_s, x0, torch.tensor(s), torch.tensor(e), schedule,
+                      torch.randn(x0.shape, generator=generator, dtype=torch.float64))
+    assert x_e.mean().item() == pytest.approx(a_e ** 0.5 * 0.7, abs=5e-3)
+    assert x_e.var().item() == pytest.approx(1 - a_e, rel=1e-2)

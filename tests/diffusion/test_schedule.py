@@ -33,3 +33,19 @@ def test_alpha_bar_gathers_per_token():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="sqrt"):
         make_schedule("cosine", 10)
+
+
+@pytest.mark.parametrize("num_steps", [2000, 50])
+def test_every_alpha_bar_matches_the_telescoped_closed_form(num_steps):
+    """Without the 0.999 cap, cumprod(1 - beta) telescopes: abar[i] = f((i+1)/T) / f(0) with f(s) = 1 - sqrt(s +
+    1e-4). Only the last beta is capped (f(1) < 0), so abar[T-1] = abar[T-2] * (1 - 0.999). Every index, to 1e-6."""
+    import math
+
+    def f(s):
+        return 1.0 - math.sqrt(s + 1e-4)
+
+    table = sqrt_schedule(num_steps).alphas_cumprod.tolist()
+    expected = [f((i + 1) / num_steps) / f(0.0) for i in range(num_steps - 1)]
+    expected.append(expected[-1] * (1 - 0.999))
+    for index, (got, want) in enumerate(zip(table, expected)):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-12), index
