@@ -102,7 +102,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # 0 turns clipping off
     precision: str = "fp32"
-    ema_rate: float = 0.9999
+    ema_rate: float = 0.9999  # the EMA decay, warmed up: step n uses min(ema_rate, (1 + n) / (10 + n))
     log_every: int = 10
     eval_every: int = 0  # 0: never
     save_every: int = 0  # 0: only at the end

@@ -20,9 +20,19 @@ def _local(param: nn.Parameter) -> torch.Tensor:
     return param.ds_tensor if hasattr(param, "ds_tensor") else param
 
 
+def warmed_up_decay(rate: float, step: int) -> float:
+    """The decay used at optimizer step `step` (1 = the first): min(rate, (1 + step) / (10 + step)).
+
+    Without a warm-up the shadow starts as the random initialisation and keeps rate**n of it after n updates:
+    at 0.9999 and the xsum recipe's 26.7k steps that is ~7% of random weights in the model that generates.
+    The ramp forgets the initialisation within the first steps and reaches `rate` after ~1/(1 - rate) steps."""
+    return min(rate, (1.0 + step) / (10.0 + step))
+
+
 class EMA:
-    """shadow <- rate * shadow + (1 - rate) * weights, once per optimizer step (not per micro-batch as in
-    the official code, where the averaging horizon then depends on gradient accumulation)."""
+    """shadow <- decay * shadow + (1 - decay) * weights, once per optimizer step (not per micro-batch as in
+    the official code, where the averaging horizon then depends on gradient accumulation), with the decay
+    warmed up from 0 towards `rate` (`warmed_up_decay`)."""
 
     def __init__(self, module: nn.Module, rate: float, keep: bool = True):
         """keep=False: this rank holds no shadow (ZeRO 0-2 ranks other than 0); every method is then a no-op."""
@@ -32,11 +42,13 @@ class EMA:
                        if keep else {})
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int) -> None:
+        """Average in the weights after optimizer step `step` (1-based: the step count a resumed run restores)."""
         if not self.keep:
             return
+        weight = 1.0 - warmed_up_decay(self.rate, step)
         for name, param in self.module.named_parameters():
-            self.shadow[name].lerp_(_local(param).detach().float(), 1.0 - self.rate)
+            self.shadow[name].lerp_(_local(param).detach().float(), weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: t.cpu() for name, t in self.shadow.items()}

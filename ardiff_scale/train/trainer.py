@@ -146,7 +146,7 @@ class Trainer:
             self.clock.span("forward_backward", started, middle)
             self.clock.span("optimizer", middle, self.clock.mark())
             sums[:4] += torch.stack([getattr(terms, name).detach() for name in TERMS]).to(torch.float64)
-        self.ema.update()
+        self.ema.update(self.step + 1)  # self.step counts this step just below
         grad_norm = self.engine.get_global_grad_norm()
         if isinstance(grad_norm, torch.Tensor):
             sums[4] = grad_norm.detach().to(device=self.device, dtype=torch.float64)
