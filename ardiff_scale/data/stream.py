@@ -31,6 +31,7 @@ and counted in `stats` (on_error="warn"), or raises DataError naming it (on_erro
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -84,12 +85,20 @@ class Layout:
     roles: int
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_shards: int, seed: int, shuffle: bool, epoch: int) -> tuple[int, ...]:
+    # Cached: merging a 512-rank state builds thousands of cursors over the same epochs, and shuffling 10k
+    # shards for each would cost seconds.
+    order = list(range(num_shards))
+    if shuffle:
+        _rng(seed, "shards", epoch).shuffle(order)
+    return tuple(order)
+
+
 def shard_order(num_shards: int, options: StreamOptions, layout: Layout, role: int, epoch: int) -> list[int]:
     """The shards `role` of `layout` reads in `epoch`, in reading order."""
-    order = list(range(num_shards))
-    if options.shuffle:
-        _rng(options.seed, "shards", epoch).shuffle(order)
-    return order[layout.rank::layout.world][role::layout.roles]
+    order = _epoch_order(num_shards, options.seed, options.shuffle, epoch)
+    return list(order[layout.rank::layout.world][role::layout.roles])
 
 
 def sample_order(options: StreamOptions, epoch: int, shard: int, size: int) -> list[int]:
