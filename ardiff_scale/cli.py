@@ -98,6 +98,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     export_checkpoint(args.run, args.output, args.tag, args.ema, args.tokenizer)
 
 
+def cmd_import_official(args: argparse.Namespace) -> None:
+    from ardiff_scale.interop.official import describe, import_official, official_tokenizer
+    tokenizer = official_tokenizer(args.vocab, args.tokenizer, tuple(args.bpe) if args.bpe else None)
+    official = import_official(args.checkpoint, args.config, args.output, tokenizer)
+    logging.getLogger("ardiff").info("imported %s (%s) into %s", args.checkpoint, describe(official), args.output)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from ardiff_scale.commands import generate
     generate(args.model, args.source, args.input, args.steps, args.candidates, args.seed, args.bf16,
@@ -282,6 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="export the EMA of the weights instead of the weights")
     p.add_argument("--tokenizer", help="tokenizer path, if it moved since training (default: data.tokenizer)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-official", help="an official AR-Diffusion checkpoint as a model directory",
+                       description="Read a checkpoint of the official AR-Diffusion code (microsoft/ProphetNet, "
+                                   "AR-diffusion/: model_checkpoint-N or ema_<rate>_checkpoint-N) with "
+                                   "torch.load(weights_only=True), map it onto this model (BERT's token-type row "
+                                   "folded into the source positions, the unused pooler dropped) and write a "
+                                   "model directory that generate, evaluate, finetune --init and the MLflow "
+                                   "pyfunc load. Settings without a counterpart here (self-conditioning, length "
+                                   "prediction, rotary time attention, another encoder) are refused with the "
+                                   "config key that asks for them.",
+                       epilog="example:\n  ardiff import-official --checkpoint ema_0.9999_checkpoint-60000 "
+                              "--config config.yaml --vocab vocab.txt --output models/xsum-official",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="the official checkpoint file")
+    p.add_argument("--config", required=True, help="the official run's config.yaml, with the command line's "
+                                                   "overrides merged in (sizes, tgt_len, schedule_sampler, ...)")
+    p.add_argument("--vocab", help="BERT WordPiece vocab.txt (bert-base-uncased for XSum, CNN/DM, CommonGen)")
+    p.add_argument("--tokenizer", help="a Hugging Face tokenizer.json")
+    p.add_argument("--bpe", nargs=2, metavar=("VOCAB_JSON", "MERGES_TXT"), help="byte-level BPE files (IWSLT14)")
+    p.add_argument("--output", required=True, help="model directory to write (new or empty)")
+    p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("generate", help="sample text from a trained model with the skipping sampler",
                        description="Generate targets for sources with M sampler steps and k candidates.")

@@ -173,6 +173,13 @@ class Config:
             if length > limit:
                 raise ConfigError(f"data.{kind}_len must be <= model.max_{kind}_len, the model's position table "
                                   f"(got data.{kind}_len={length}, model.max_{kind}_len={limit})")
+        if (self.diffusion.timestep_form == "uniform" and self.model.time_attention
+                and self.model.decoder == "diffusion"):
+            # The combination trains a network that cannot see t: one step for every token makes the txl time
+            # term the same for every key, and a softmax row ignores a constant.
+            raise ConfigError("diffusion.timestep_form=uniform needs model.time_attention=false (time added to "
+                              "the decoder input, as the official uniform baseline has it): with every token at "
+                              "one step, time attention cannot see the step")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The config in recipe form: loading it back gives an equal Config."""

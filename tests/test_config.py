@@ -170,3 +170,11 @@ def test_flatten_gives_dotted_keys():
     assert flat["model.hidden_size"] == 512
     assert all(key.count(".") == 1 for key in flat)
     assert flatten({"a": {"b": {"c": 1}}, "d": 2}) == {"a.b.c": 1, "d": 2}
+
+
+def test_uniform_timesteps_need_time_at_the_decoder_input():
+    with pytest.raises(ConfigError, match=r"diffusion.timestep_form=uniform needs model.time_attention=false"):
+        load_config(None, ["diffusion.timestep_form=uniform"])
+    assert not load_config(None, ["diffusion.timestep_form=uniform", "model.time_attention=false"]).model.time_attention
+    # The autoregressive baseline has no diffusion time at all.
+    load_config(None, ["diffusion.timestep_form=uniform", "model.decoder=autoregressive"])

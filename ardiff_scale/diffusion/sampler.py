@@ -73,19 +73,33 @@ def nearest_embedding(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class SampleOutput:
     tokens: torch.Tensor  # (batch, candidates, length) int64
     trajectory: torch.Tensor | None  # (M + 1, length) int64 token steps at each visited sentence step
+    states: torch.Tensor | None = None  # (M, batch * candidates, length, dim): x after each step, if asked
+
+
+@dataclass
+class SamplerNoise:
+    """Noise given by the caller instead of drawn from the generator: `start` (rows, length, dim) is x at the
+    top of the schedule, `steps` (M, rows, length, dim) the noise of each transition, in order. Rows are
+    sources times candidates, candidate-minor (row b * k + j is candidate j of source b). This is how a run of
+    another implementation is replayed step by step (the official parity test)."""
+
+    start: torch.Tensor
+    steps: torch.Tensor
 
 
 @torch.no_grad()
 def sample(denoiser: Denoiser, src_ids: torch.Tensor, src_mask: torch.Tensor, length: int,
            schedule: NoiseSchedule, decode_steps: int = 20, num_candidates: int = 1, form: str = "code",
            clamp: bool = True, generator: torch.Generator | None = None, cache_memory: bool = True,
-           autocast_dtype: torch.dtype | None = None, return_trajectory: bool = False) -> SampleOutput:
+           autocast_dtype: torch.dtype | None = None, return_trajectory: bool = False,
+           noise: SamplerNoise | None = None, return_states: bool = False) -> SampleOutput:
     """Generate `num_candidates` targets of `length` tokens per source.
 
     The encoder runs once per source. With cache_memory (the default) its cross-attention keys and values
     are also projected once and shared by all M steps and all k candidates; cache_memory=False is the
     straightforward computation (sources repeated k times, keys and values re-projected at every step),
     kept as the reference the fast path is tested and benchmarked against. Both draw the same noise.
+    `noise` replaces every draw (see SamplerNoise); return_states keeps x after each step.
     """
     batch = src_ids.shape[0]
     num_steps = schedule.num_steps
@@ -97,7 +111,14 @@ def sample(denoiser: Denoiser, src_ids: torch.Tensor, src_mask: torch.Tensor, le
         memory = denoiser.encode(src_ids.repeat_interleave(num_candidates, 0),
                                  src_mask.repeat_interleave(num_candidates, 0), cache_kv=False)
     device = src_ids.device
-    x = torch.randn((rows, length, weight.shape[1]), generator=generator, device=device)
+    shape = (rows, length, weight.shape[1])
+    if noise is not None and (tuple(noise.start.shape) != shape
+                              or tuple(noise.steps.shape) != (decode_steps, *shape)):
+        raise ValueError(f"sampler noise must be start {shape} and steps {(decode_steps, *shape)} "
+                         f"(got {tuple(noise.start.shape)} and {tuple(noise.steps.shape)})")
+    x = noise.start.to(device, torch.float32) if noise is not None else torch.randn(shape, generator=generator,
+                                                                                     device=device)
+    states = []
     visited = decode_schedule(length, num_steps, decode_steps, form)
     steps = token_step_indices(torch.tensor(visited, device=device), length, num_steps, form)  # (M+1, length)
     clamp_fn = NearestEmbedding(weight) if clamp else None
@@ -110,9 +131,13 @@ def sample(denoiser: Denoiser, src_ids: torch.Tensor, src_mask: torch.Tensor, le
         x0_pred = x0_pred.float()
         if clamp_fn is not None:
             x0_pred = clamp_fn(x0_pred)
-        noise = torch.randn(x.shape, generator=generator, device=device)
-        x = skip_update(x, x0_pred, s, e, schedule, noise)
+        step_noise = (noise.steps[k].to(device, torch.float32) if noise is not None
+                      else torch.randn(x.shape, generator=generator, device=device))
+        x = skip_update(x, x0_pred, s, e, schedule, step_noise)
+        if return_states:
+            states.append(x)
     # Rounded a few rows at a time: the full (rows, length, vocab) logits would be hundreds of MB.
     tokens = torch.cat([denoiser.round_logits(part).argmax(-1) for part in x.split(8)])
     tokens = tokens.view(batch, num_candidates, length)
-    return SampleOutput(tokens=tokens, trajectory=steps if return_trajectory else None)
+    return SampleOutput(tokens=tokens, trajectory=steps if return_trajectory else None,
+                        states=torch.stack(states) if return_states else None)

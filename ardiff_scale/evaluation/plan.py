@@ -19,7 +19,8 @@ from ardiff_scale.io import shipped_or_path
 PLANS_DIR = REPO_ROOT / "eval" / "reproduce"
 SYSTEMS = ("ar-diffusion", "uniform-diffusion", "autoregressive")
 # How each system differs from AR-Diffusion, as run-config overrides.
-SYSTEM_OVERRIDES = {"ar-diffusion": [], "uniform-diffusion": ["diffusion.timestep_form=uniform"],
+SYSTEM_OVERRIDES = {"ar-diffusion": [], "uniform-diffusion": ["diffusion.timestep_form=uniform",
+                                                                    "model.time_attention=false"],
                     "autoregressive": ["model.decoder=autoregressive"]}
 
 

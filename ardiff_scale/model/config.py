@@ -35,6 +35,11 @@ class ModelConfig:
     # "diffusion": AR-Diffusion's time-aware denoiser; "autoregressive": the left-to-right baseline with a
     # causal decoder of the same width and depth (teacher forcing, greedy or beam search).
     decoder: str = "diffusion"
+    # How the diffusion decoder sees each token's time. True: per-block time features in the self-attention
+    # ("txl", the official `time_att: true`), which is what makes AR-Diffusion position-aware. False: one time
+    # embedding added to the decoder input (`time_att: false`), the official uniform baseline's setting: with
+    # every token at the same step the txl time term is the same for every key and cancels in the softmax.
+    time_attention: bool = True
 
     def validate(self, prefix: str = "model") -> None:
         positive = ("vocab_size", "hidden_size", "num_heads", "encoder_layers", "decoder_layers",

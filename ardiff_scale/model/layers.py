@@ -63,26 +63,32 @@ class TimeAwareSelfAttention(nn.Module):
                  = [q_i . (k_j + tau_j)] / sqrt(d) + [u . k_j + v . tau_j] / sqrt(d)
 
     The second term depends on the key alone, so it is an additive mask and the whole thing is one SDPA call.
+    With time_aware=False (the official `time_att: false`, the uniform baseline's setting) it is plain
+    self-attention and has no u, v: time then enters at the decoder input instead.
     """
 
-    def __init__(self, hidden: int, heads: int, dropout: float, attention_dropout: float):
+    def __init__(self, hidden: int, heads: int, dropout: float, attention_dropout: float, time_aware: bool = True):
         super().__init__()
         self.heads = heads
         head_dim = hidden // heads
         self.qkv = nn.Linear(hidden, 3 * hidden, bias=False)
         self.out = nn.Linear(hidden, hidden)
-        self.content_bias = nn.Parameter(torch.rand(heads, head_dim))  # u, "r_w_bias"
-        self.time_bias = nn.Parameter(torch.rand(heads, head_dim))  # v, "r_r_bias"
+        if time_aware:
+            self.content_bias = nn.Parameter(torch.rand(heads, head_dim))  # u, "r_w_bias"
+            self.time_bias = nn.Parameter(torch.rand(heads, head_dim))  # v, "r_r_bias"
+        self.time_aware = time_aware
         self.dropout = nn.Dropout(dropout)
         self.attention_dropout = attention_dropout
 
-    def forward(self, h: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, tau: torch.Tensor | None) -> torch.Tensor:
         q, k, v = (split_heads(part, self.heads) for part in self.qkv(h).chunk(3, dim=-1))
+        p = self.attention_dropout if self.training else 0.0
+        if not self.time_aware:
+            return self.dropout(self.out(merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=p))))
         tau = split_heads(tau, self.heads)
         scale = q.shape[-1] ** -0.5
         key_bias = (torch.einsum("bhnd,hd->bhn", k, self.content_bias.to(k.dtype))
                     + torch.einsum("bhnd,hd->bhn", tau, self.time_bias.to(tau.dtype))) * scale
-        p = self.attention_dropout if self.training else 0.0
         attn = F.scaled_dot_product_attention(q, k + tau, v, attn_mask=key_bias.unsqueeze(2), dropout_p=p)
         return self.dropout(self.out(merge_heads(attn)))
 
@@ -130,23 +136,34 @@ class GEGLU(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-LN: h += SA(LN h, tau); h += CA(LN h, enc); h += FF(LN h). Time enters only through tau."""
+    """Pre-LN: h += SA(LN h, tau); h += CA(LN h, enc); h += FF(LN h).
+
+    With time_attention, time enters only through tau, this block's projection of the time features; without
+    it the block is time-blind and the model adds time to its input.
+    """
 
     def __init__(self, hidden: int, heads: int, ff_mult: int, time_channels: int, dropout: float,
-                 attention_dropout: float, eps: float):
+                 attention_dropout: float, eps: float, time_attention: bool = True):
         super().__init__()
-        self.time_mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(time_channels, 4 * time_channels), nn.SiLU(),
-                                      nn.Linear(4 * time_channels, hidden))
+        if time_attention:
+            self.time_mlp = time_mlp(time_channels, hidden, dropout)
+        self.time_attention = time_attention
         self.ln_self = nn.LayerNorm(hidden, eps=eps)
-        self.self_attn = TimeAwareSelfAttention(hidden, heads, dropout, attention_dropout)
+        self.self_attn = TimeAwareSelfAttention(hidden, heads, dropout, attention_dropout, time_attention)
         self.ln_cross = nn.LayerNorm(hidden, eps=eps)
         self.cross_attn = CrossAttention(hidden, heads, dropout, attention_dropout)
         self.ln_ff = nn.LayerNorm(hidden, eps=eps)
         self.ff = GEGLU(hidden, ff_mult, dropout)
 
-    def forward(self, h: torch.Tensor, time_features: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+    def forward(self, h: torch.Tensor, time_features: torch.Tensor | None, states: torch.Tensor, mask: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        tau = self.time_mlp(time_features).to(h.dtype)
+        tau = self.time_mlp(time_features).to(h.dtype) if self.time_attention else None
         h = h + self.self_attn(self.ln_self(h), tau)
         h = h + self.cross_attn(self.ln_cross(h), states, mask, kv)
         return h + self.ff(self.ln_ff(h))
+
+
+def time_mlp(time_channels: int, hidden: int, dropout: float | None) -> nn.Sequential:
+    """The official `time_trans`: Linear(C, 4C), SiLU, Linear(4C, hidden), after a dropout in the blocks."""
+    layers = [nn.Linear(time_channels, 4 * time_channels), nn.SiLU(), nn.Linear(4 * time_channels, hidden)]
+    return nn.Sequential(nn.Dropout(dropout), *layers) if dropout is not None else nn.Sequential(*layers)

@@ -24,7 +24,7 @@ from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.errors import ConfigError, DataError, Preempted
 from ardiff_scale.export import save_model_dir
-from ardiff_scale.model import build_model, encoder_weights
+from ardiff_scale.model import ARDiffusionModel, build_model, encoder_weights
 from ardiff_scale.train import checkpoint
 from ardiff_scale.train.callbacks import ConsoleProgress, LossHistory, MetricsLog, TimeBudget
 from ardiff_scale.train.checkpoint import CheckpointStore
@@ -260,8 +260,10 @@ def _mlflow(config: Config, run: RunDir):
 
 
 def _load_init_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], rank: int) -> None:
-    """All of `weights` when they are this architecture's; only the shared encoder when the decoders differ
-    (the autoregressive baseline starting from a pretrained AR-Diffusion model)."""
+    """All of `weights` when they are this architecture's. Between diffusion models whose time conditioning
+    differs (the uniform baseline starting from a pretrained AR-Diffusion model), every tensor with the same
+    name and shape, the time layers that differ starting fresh. Only the shared encoder when the decoders
+    differ (the autoregressive baseline starting from a pretrained AR-Diffusion model)."""
     own = model.state_dict()
     if weights.keys() == own.keys():
         model.load_state_dict(weights)
@@ -270,9 +272,15 @@ def _load_init_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor],
     if not shared or shared.keys() != encoder_weights(own).keys():
         raise ConfigError("the initial weights fit neither this model nor its encoder: check that model.* sizes "
                           "match the pretrained model's")
+    kept = "encoder"
+    if isinstance(model, ARDiffusionModel) and "round_bias" in weights:
+        shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+        kept = "diffusion model"
     model.load_state_dict(shared, strict=False)
     if rank == 0:
-        log.info("initial weights: the encoder's %d tensors (the decoder differs and starts fresh)", len(shared))
+        fresh = [k for k in own if k not in shared]
+        log.info("initial weights: %d tensors of the %s; %d start fresh (%s%s)", len(shared), kept, len(fresh),
+                 ", ".join(fresh[:4]), ", ..." if len(fresh) > 4 else "")
 
 
 def _export(trainer: Trainer, tokenizer: Tokenizer, out: Path) -> None:

@@ -75,3 +75,42 @@ def test_shared_time_rows_give_the_same_prediction_as_full_rows():
     shared = model.denoise(x, time.expand(6, -1), memory)
     full = model.denoise(x, time.repeat(6, 1).contiguous(), memory)
     torch.testing.assert_close(shared, full)
+
+
+def _shifted_predictions(model: ARDiffusionModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions with every token at step 300, then every token at step 1400 (model units 150 and 700)."""
+    src = torch.randint(5, 97, (2, 5))
+    memory = model.encode(src, torch.ones_like(src))
+    x = torch.randn(2, 6, model.config.embed_dim, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        return (model.denoise(x, torch.full((2, 6), 150.0), memory),
+                model.denoise(x, torch.full((2, 6), 700.0), memory))
+
+
+def test_uniform_baseline_sees_a_time_shared_by_every_token():
+    """The uniform baseline (time at the decoder input, the official time_att: false) must change its prediction
+    when every token's time moves by the same amount."""
+    early, late = _shifted_predictions(tiny_model(time_attention=False))
+    assert (early - late).abs().max() > 1e-3
+
+
+def test_time_attention_alone_is_blind_to_a_shared_time():
+    """Why the uniform baseline needs the input time embedding: with one step for every token the txl time term
+    is constant along each softmax row and the values carry no time, so the prediction cannot move."""
+    early, late = _shifted_predictions(tiny_model(time_attention=True))
+    torch.testing.assert_close(early, late, rtol=1e-5, atol=1e-5)
+
+
+def test_time_layers_follow_the_time_conditioning():
+    blind = {k for k in tiny_model(time_attention=False).state_dict()}
+    aware = {k for k in tiny_model(time_attention=True).state_dict()}
+    assert {"time_mlp.0.weight", "time_mlp.2.bias"} <= blind - aware
+    assert {"decoder.0.time_mlp.1.weight", "decoder.0.self_attn.content_bias"} <= aware - blind
+
+
+def test_rounding_bias_starts_as_the_official_linear_bias():
+    """nn.Linear(embed_dim, vocab)'s bias init, U(-1/sqrt(embed_dim), 1/sqrt(embed_dim)), as the official lm_head."""
+    bias = ARDiffusionModel(preset("tiny", vocab_size=4000)).round_bias.detach()
+    bound = preset("tiny").embed_dim ** -0.5
+    assert float(bias.abs().max()) <= bound
+    assert abs(float(bias.std()) - bound / math.sqrt(3)) < 0.1 * bound  # uniform, not zeros

@@ -1,0 +1,1 @@
+"""Other implementations' checkpoints and formats, read into ardiff-scale models."""

@@ -1,0 +1,178 @@
+"""Parity with the official AR-Diffusion implementation, on a checkpoint in its format and outputs computed by
+running it (../shared/parity/official-tiny, or the folder ARDIFF_PARITY_FIXTURE names). Only
+model_checkpoint-*, config.yaml and reference.* are read from the folder: sizes come from them, never from
+numbers written here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ardiff_scale.diffusion import LossDraws, SamplerNoise, model_time, sample, sqrt_schedule, training_terms
+from ardiff_scale.errors import ConfigError, DataError
+from ardiff_scale.interop.official import convert, load_official, read_official_checkpoint, read_official_config
+from ardiff_scale.model import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = Path(os.environ.get("ARDIFF_PARITY_FIXTURE", REPO.parent / "shared" / "parity" / "official-tiny"))
+
+
+def _newest(pattern: str) -> Path:
+    found = sorted(FIXTURE.glob(pattern), key=lambda p: int(re.search(r"(\d+)$", p.name).group(1)))
+    assert found, f"no {pattern} in {FIXTURE}"
+    return found[-1]
+
+
+@pytest.fixture(scope="module")
+def official():
+    return load_official(_newest("model_checkpoint-*"), FIXTURE / "config.yaml")
+
+
+@pytest.fixture(scope="module")
+def model(official):
+    net = build_model(official.model)
+    net.load_state_dict(official.weights)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def ref():
+    tensors = load_file(FIXTURE / "reference.safetensors")
+    shapes = json.loads((FIXTURE / "reference.json").read_text())["shapes"]
+    assert {k: list(v.shape) for k, v in tensors.items()} == {k: shapes[k] for k in tensors}
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def config():
+    return read_official_config(FIXTURE / "config.yaml")
+
+
+def test_sizes_come_from_the_checkpoint_and_config(official, config):
+    state, step = read_official_checkpoint(_newest("model_checkpoint-*"))
+    m = official.model
+    assert (m.vocab_size, m.hidden_size) == tuple(state["encoder.embeddings.word_embeddings.weight"].shape)
+    assert m.hidden_size == config["intermediate_size"] // 4 and m.embed_dim == config["in_channels"]
+    assert m.time_channels == config["time_channels"] and m.num_heads == config["num_attention_heads"]
+    assert m.max_source_len == m.max_target_len == config["max_pos_len"]
+    assert m.time_attention == bool(config.get("time_att", True))
+    assert f"diffusion.num_steps={config['diffusion_steps']}" in official.overrides
+    assert f"data.target_len={config['tgt_len']}" in official.overrides
+    assert step == official.step
+
+
+def test_encoder_prediction_and_logits_match(model, ref):
+    with torch.no_grad():
+        memory = model.encode(ref["src_ids"], ref["src_mask"])
+        x0 = model.denoise(ref["forward_x_t"], model_time(ref["forward_t"], _steps(ref)), memory)
+        logits = model.round_logits(x0)
+    assert (memory.states - ref["encoder_states"]).abs().max() < 1e-5
+    assert (x0 - ref["forward_x0"]).abs().max() < 1e-5
+    assert (logits - ref["forward_logits"]).abs().max() < 1e-5
+
+
+def test_per_token_loss_terms_match(model, ref):
+    draws = LossDraws(ref["loss_t"], ref["loss_noise_x0"], ref["loss_noise_xt"])
+    with torch.no_grad():
+        terms = training_terms(model, ref["src_ids"], ref["src_mask"], ref["tgt_ids"], sqrt_schedule(_steps(ref)),
+                               draws)
+    for ours, theirs in (("mse", "loss_mse"), ("nll", "loss_decoder_nll"), ("prior", "loss_tT_loss"),
+                         ("loss", "loss_loss")):
+        assert terms[ours].shape == ref[theirs].shape
+        assert (terms[ours] - ref[theirs]).abs().max() < 1e-5, ours
+
+
+def test_skipping_sampler_replays_every_official_step(model, ref):
+    steps = ref["sample_noise"].shape[0]
+    out = sample(model, ref["src_ids"], ref["src_mask"], ref["tgt_ids"].shape[1], sqrt_schedule(_steps(ref)),
+                 decode_steps=steps, form="code", clamp=True,
+                 noise=SamplerNoise(ref["sample_x_T"], ref["sample_noise"]), return_states=True)
+    errors = (out.states - ref["sample_xs"]).abs().amax(dim=(1, 2, 3))
+    assert errors.shape == (steps,) and bool((errors < 1e-4).all()), errors
+    assert torch.equal(out.tokens[:, 0], ref["sample_tokens"])
+
+
+def test_sampler_noise_of_the_wrong_shape_is_refused(model, ref):
+    bad = SamplerNoise(ref["sample_x_T"], ref["sample_noise"][:-1])
+    with pytest.raises(ValueError, match="sampler noise must be"):
+        sample(model, ref["src_ids"], ref["src_mask"], ref["tgt_ids"].shape[1], sqrt_schedule(_steps(ref)),
+               decode_steps=ref["sample_noise"].shape[0], noise=bad)
+
+
+def test_ema_file_imports(tmp_path, official, config):
+    """The official EMA file has the model file's layout with other weights in model_dict. Written here from
+    the model checkpoint (and the fixture's own EMA file too, where it has one)."""
+    state, _ = read_official_checkpoint(_newest("model_checkpoint-*"))
+    ema_state = {k: (v * 0.5 if v.is_floating_point() else v) for k, v in state.items()}
+    path = tmp_path / "ema_0.9999_checkpoint-7"
+    torch.save({"model_dict": ema_state, "optimizer_dict": {}, "scheduler_dict": {}, "offset": 7}, path)
+    ema = load_official(path, FIXTURE / "config.yaml")
+    assert ema.step == 7 and ema.model == official.model
+    for name, tensor in official.weights.items():
+        assert torch.allclose(ema.weights[name], tensor * 0.5), name
+    for shipped in FIXTURE.glob("ema_*_checkpoint-*"):
+        imported = load_official(shipped, FIXTURE / "config.yaml")
+        raw, _ = read_official_checkpoint(shipped)
+        build_model(imported.model).load_state_dict(imported.weights)
+        # The EMA embedding, not the raw weights the file keeps under the tied lm_head.weight name.
+        assert torch.equal(imported.weights["tgt_embedding.weight"], raw["word_embedding.weight"])
+
+
+@pytest.mark.parametrize("key, value", [("self_condition", True), ("pred_len", True), ("att_strategy", "rotary"),
+                                        ("load_bart", True), ("predict_x_start", True), ("noise_schedule", "linear"),
+                                        ("schedule_sampler", "fixed_xy")])
+def test_settings_without_a_counterpart_are_refused_by_key(config, key, value):
+    state, _ = read_official_checkpoint(_newest("model_checkpoint-*"))
+    with pytest.raises(ConfigError, match=f"official config {key}: {value!r}"):
+        convert(config | {key: value}, state)
+
+
+def test_a_tensor_without_a_place_is_refused(config):
+    state, _ = read_official_checkpoint(_newest("model_checkpoint-*"))
+    with pytest.raises(DataError, match="length_embedding.weight"):
+        convert(config, state | {"length_embedding.weight": torch.zeros(3, 4)})
+    broken = dict(state)
+    del broken["transformer_blocks.0.attn2.to_k.weight"]
+    with pytest.raises(DataError, match="transformer_blocks.0.attn2.to_k.weight"):
+        convert(config, broken)
+
+
+def test_uniform_baseline_checkpoint_maps_time_to_the_decoder_input(config):
+    """The official uniform baseline (time_att: false) has one time_trans before the blocks and none in them."""
+    state, _ = read_official_checkpoint(_newest("model_checkpoint-*"))
+    uniform = {k: v for k, v in state.items() if not re.search(r"transformer_blocks\.\d+\.(time_trans|r_w|r_r)", k)}
+    hidden, channels = state["LayerNorm.weight"].shape[0], config["time_channels"]
+    generator = torch.Generator().manual_seed(0)
+    uniform |= {"time_trans.0.weight": torch.randn(4 * channels, channels, generator=generator),
+                "time_trans.0.bias": torch.randn(4 * channels, generator=generator),
+                "time_trans.2.weight": torch.randn(hidden, 4 * channels, generator=generator),
+                "time_trans.2.bias": torch.randn(hidden, generator=generator)}
+    imported = convert(config | {"schedule_sampler": "uniform", "time_att": False}, uniform)
+    assert not imported.model.time_attention
+    assert "diffusion.timestep_form=uniform" in imported.overrides
+    assert torch.equal(imported.weights["time_mlp.2.weight"], uniform["time_trans.2.weight"])
+    build_model(imported.model).load_state_dict(imported.weights)
+    with pytest.raises(ConfigError, match="time_att: true with schedule_sampler: uniform"):
+        convert(config | {"schedule_sampler": "uniform", "time_att": True}, state)
+
+
+def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "model_checkpoint-1"
+    # A pickle with an arbitrary class is exactly what weights_only=True refuses.
+    torch.save({"model_dict": {"w": torch.zeros(1)}, "note": Path("x")}, path)
+    with pytest.raises(DataError, match="weights_only=True"):
+        read_official_checkpoint(path)
+
+
+def _steps(ref) -> int:
+    """T, from the fixture's config (the reference's t are indices into it)."""
+    steps = int(yaml.safe_load((FIXTURE / "config.yaml").read_text()).get("diffusion_steps", 2000))
+    assert int(ref["forward_t"].max()) < steps
+    return steps
