@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="jsonl",
                    help="pretrain: text or jsonl; seq2seq: jsonl, xsum, xsum-lines, cnndm, iwslt, commongen")
     p.add_argument("--split", default="train", help="seq2seq split: train, valid or test (default train)")
-    p.add_argument("--tokenizer", required=True, help="sentencepiece .model (its card beside it)")
+    p.add_argument("--tokenizer", required=True, help="the tokenizer: a sentencepiece .model or a Hugging Face tokenizer.json (its card beside it)")
     p.add_argument("--output", required=True, help="shard directory: local path or URL (s3://, ...)")
     p.add_argument("--samples-per-shard", type=int, default=2000, help="(default 2000)")
     p.add_argument("--max-tokens", type=int, default=512, help="pretrain window length (default 512)")

@@ -95,14 +95,16 @@ def _plot_sampler_trajectory(path: str, model, config, tokenizer, source: str, s
     from ardiff_scale.evaluation.plots import plot_trajectory
 
     source_len, target_len = config.data.source_len, config.data.target_len
-    batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len)], target_len)
+    specials = tokenizer.specials
+    batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len, specials)], target_len,
+                    specials=specials)
     out = sample(model, batch["src_ids"], batch["src_mask"], target_len,
                  make_schedule(config.diffusion.schedule, config.diffusion.num_steps), decode_steps=steps,
                  num_candidates=1, form=config.diffusion.timestep_form, clamp=config.diffusion.clamp,
                  generator=torch.Generator().manual_seed(seed), autocast_dtype=autocast_dtype,
                  return_trajectory=True)
     ids = out.tokens[0, 0].tolist()
-    pieces = [tokenizer.processor.id_to_piece(i).replace("\u2581", "") or "\u2581" for i in ids]
+    pieces = [tokenizer.id_to_piece(i).replace("\u2581", "") or "\u2581" for i in ids]
     plot_trajectory(path, out.trajectory.cpu(), config.diffusion.num_steps, config.diffusion.timestep_form,
                     pieces=pieces, text=" ".join(tokenizer.decode(ids).split()), source=source)
     log.info("sampler trajectory (N = %d, T = %d, M = %d) for the first source written to %s", target_len,

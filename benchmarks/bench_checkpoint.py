@@ -323,7 +323,7 @@ def embedded_ema_bytes(path: Path) -> int:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a file we cannot read simply has no embedded EMA to report
         return 0
     ema = state.get("ema") if isinstance(state, dict) else None

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from ardiff_scale.data.pipeline import BatchMaker
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.stream import BatchLoader, BatchStream, StreamOptions
-from ardiff_scale.data.tokenizer import PAD
 from ardiff_scale.errors import DataError
 
 
@@ -50,7 +49,7 @@ def bench_shards(location: str, workers: int = -1, batch: int = 8, seconds: floa
     started = time.perf_counter()
     shard_set = ShardSet.open(location)
     kind = kind or shard_set.kind or "pretrain"
-    maker = BatchMaker(kind, source_len, target_len, mask_fraction, seed)
+    maker = BatchMaker(kind, source_len, target_len, mask_fraction, seed, shard_set.specials)
     options = StreamOptions(seed=seed, open_shards=open_shards, epochs=1 if seconds <= 0 else 0,
                             prefetch_shards=prefetch_shards)
     loader = BatchLoader(BatchStream(shard_set, options, 0, 1, batch, maker), num_workers=workers)
@@ -63,7 +62,7 @@ def bench_shards(location: str, workers: int = -1, batch: int = 8, seconds: floa
         else:
             tensors = item.tensors
             samples += len(item.keys)
-            tokens += int(tensors["src_mask"].sum()) + int((tensors["tgt_ids"] != PAD).sum())
+            tokens += int(tensors["src_mask"].sum()) + int((tensors["tgt_ids"] != maker.specials.pad).sum())
         batches += 1
         if seconds > 0 and time.perf_counter() - steady_from >= seconds:
             break

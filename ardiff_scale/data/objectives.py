@@ -2,6 +2,10 @@
 
 Every target has the fixed length N of the model's diffusion (`<s> ... </s> <pad> ...`): padding positions
 are ordinary targets the model learns to emit, as in the official code (AR_DIFFUSION.md §3).
+
+`<s>`, `</s>`, `<pad>` and `<mask>` stand for the tokenizer's own special ids (`tokenizer.specials`: BERT's
+[CLS] [SEP] [PAD] [MASK] for a WordPiece model). The default, sentencepiece's, is for callers that only ever
+see this project's tokenizers.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ardiff_scale.data.tokenizer import BOS, EOS, MASK, PAD
+from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
+from ardiff_scale.errors import DataError
 
 
 @dataclass
@@ -34,7 +39,17 @@ def split_document(ids: Sequence[int], max_len: int, min_len: int) -> Iterator[l
             yield window
 
 
-def paragraph_denoise(window: Sequence[int], target_len: int, mask_fraction: float, rng: random.Random) -> Example:
+def require_mask(specials: SpecialIds) -> int:
+    """The mask id, or a DataError for a tokenizer without one (span masking needs the hole's token)."""
+    if specials.mask is None:
+        raise DataError("span-masking pretraining needs a mask token, and this tokenizer has none "
+                        f"(special ids {specials.as_dict()}): pretrain with a tokenizer that has <mask> or "
+                        "[MASK], or use it only for seq2seq fine-tuning")
+    return specials.mask
+
+
+def paragraph_denoise(window: Sequence[int], target_len: int, mask_fraction: float, rng: random.Random,
+                      specials: SpecialIds = SENTENCEPIECE_SPECIALS) -> Example:
     """Continuous paragraph denoise (§9): one contiguous span becomes the target, a single <mask> holds its
     place in the source. Both sides are wrapped in <s> ... </s>, as task pairs are, so a pretrained model
     reads sources the way `generate` and fine-tuning present them.
@@ -44,17 +59,21 @@ def paragraph_denoise(window: Sequence[int], target_len: int, mask_fraction: flo
     """
     span = min(max(1, int(len(window) * mask_fraction)), target_len - 2, len(window) - 1)
     offset = rng.randrange(0, len(window) - span + 1)
-    source = [BOS, *window[:offset], MASK, *window[offset + span:], EOS]
-    return Example(source=source, target=[BOS, *window[offset:offset + span], EOS])
+    bos, eos = specials.bos, specials.eos
+    source = [bos, *window[:offset], require_mask(specials), *window[offset + span:], eos]
+    return Example(source=source, target=[bos, *window[offset:offset + span], eos])
 
 
-def seq2seq_example(source: Sequence[int], target: Sequence[int], source_len: int, target_len: int) -> Example:
+def seq2seq_example(source: Sequence[int], target: Sequence[int], source_len: int, target_len: int,
+                    specials: SpecialIds = SENTENCEPIECE_SPECIALS) -> Example:
     """A task pair: both sides wrapped in <s> ... </s>, the source truncated to source_len tokens and the target
     to target_len (the truncated side loses its end, keeps its </s>)."""
-    return Example(source=[BOS, *source[:source_len - 2], EOS], target=[BOS, *target[:target_len - 2], EOS])
+    bos, eos = specials.bos, specials.eos
+    return Example(source=[bos, *source[:source_len - 2], eos], target=[bos, *target[:target_len - 2], eos])
 
 
-def collate(examples: Sequence[Example], target_len: int, source_len: int | None = None) -> dict[str, torch.Tensor]:
+def collate(examples: Sequence[Example], target_len: int, source_len: int | None = None,
+            specials: SpecialIds = SENTENCEPIECE_SPECIALS) -> dict[str, torch.Tensor]:
     """Pad targets to the fixed target_len and sources to source_len (default: the longest in the batch).
 
     Training pads sources to one fixed length: on CPU every new tensor shape costs a fresh kernel plan
@@ -66,12 +85,12 @@ def collate(examples: Sequence[Example], target_len: int, source_len: int | None
         raise ValueError(f"source of {longest} tokens exceeds source_len {source_len}")
     src_len = source_len or longest
     # One numpy fill per row: a tensor per row costs more than the row's copy (this runs for every sample).
-    src = np.full((len(examples), src_len), PAD, dtype=np.int64)
-    tgt = np.full((len(examples), target_len), PAD, dtype=np.int64)
+    src = np.full((len(examples), src_len), specials.pad, dtype=np.int64)
+    tgt = np.full((len(examples), target_len), specials.pad, dtype=np.int64)
     for row, example in enumerate(examples):
         if len(example.target) > target_len:
             raise ValueError(f"target of {len(example.target)} tokens exceeds target_len {target_len}")
         src[row, :len(example.source)] = example.source
         tgt[row, :len(example.target)] = example.target
     src_ids = torch.from_numpy(src)
-    return {"src_ids": src_ids, "src_mask": (src_ids != PAD).long(), "tgt_ids": torch.from_numpy(tgt)}
+    return {"src_ids": src_ids, "src_mask": (src_ids != specials.pad).long(), "tgt_ids": torch.from_numpy(tgt)}

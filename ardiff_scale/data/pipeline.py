@@ -1,6 +1,9 @@
 """Shards to model-ready batches: validate a shard set once, open the stream for a rank, apply the objective
 and collate inside the reader's workers.
 
+The special ids the objective wraps, masks and pads with travel inside `BatchMaker`, which the workers unpickle;
+they come from the shards' manifest, so they are those of the tokenizer that built the shards.
+
 The objective's randomness (which span a pretraining window loses) is seeded by (seed, epoch, shard name, key),
 not drawn from a running generator, so a resumed stream masks every sample exactly as before.
 """
@@ -13,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from ardiff_scale.config import Config
-from ardiff_scale.data.objectives import Example, collate, paragraph_denoise, seq2seq_example
+from ardiff_scale.data.objectives import Example, collate, paragraph_denoise, require_mask, seq2seq_example
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.stream import BatchLoader, BatchStream, StreamOptions
-from ardiff_scale.data.tokenizer import Tokenizer
+from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds, Tokenizer
 
 
 @dataclass
@@ -29,6 +32,11 @@ class BatchMaker:
     target_len: int
     mask_fraction: float
     seed: int
+    specials: SpecialIds = SENTENCEPIECE_SPECIALS
+
+    def __post_init__(self) -> None:
+        if self.kind == "pretrain":
+            require_mask(self.specials)
 
     def example(self, sample: dict, notes: dict[str, int]) -> Example:
         if self.kind == "pretrain":
@@ -40,16 +48,16 @@ class BatchMaker:
             # every window as before.
             shard_name = sample["__url__"].rstrip("/").rsplit("/", 1)[-1]
             rng = random.Random(f"{self.seed}:{sample['__epoch__']}:{shard_name}:{sample['__key__']}")
-            return paragraph_denoise(ids, self.target_len, self.mask_fraction, rng)
+            return paragraph_denoise(ids, self.target_len, self.mask_fraction, rng, self.specials)
         src, tgt = sample["src_ids"].tolist(), sample["tgt_ids"].tolist()
         notes["truncated_sources"] += len(src) > self.source_len - 2
         notes["truncated_targets"] += len(tgt) > self.target_len - 2
-        return seq2seq_example(src, tgt, self.source_len, self.target_len)
+        return seq2seq_example(src, tgt, self.source_len, self.target_len, self.specials)
 
     def __call__(self, samples: list[dict]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         notes = {"truncated_sources": 0, "truncated_targets": 0}
         examples = [self.example(s, notes) for s in samples]
-        return collate(examples, self.target_len, self.source_len), notes
+        return collate(examples, self.target_len, self.source_len, self.specials), notes
 
 
 def open_shards(location: str, tokenizer: Tokenizer | None = None) -> ShardSet:
@@ -62,13 +70,15 @@ def open_shards(location: str, tokenizer: Tokenizer | None = None) -> ShardSet:
 
 
 def open_stream(shard_set: ShardSet, config: Config, rank: int, world: int, epochs: int,
-                batch_size: int | None = None, num_workers: int | None = None) -> BatchLoader:
+                batch_size: int | None = None, num_workers: int | None = None,
+                specials: SpecialIds | None = None) -> BatchLoader:
     """The batch loader of this rank for an already validated shard set (see `open_shards`): micro-batches of
-    `batch_size` (default train.micro_batch_size) made in data.num_workers worker processes."""
+    `batch_size` (default train.micro_batch_size) made in data.num_workers worker processes, with the special
+    ids of the shards' tokenizer (or `specials`)."""
     data = config.data
     options = StreamOptions(seed=config.train.seed, open_shards=data.open_shards, epochs=epochs,
                             on_error=data.on_error, prefetch_shards=data.prefetch_shards)
     maker = BatchMaker(shard_set.kind or "pretrain", data.source_len, data.target_len, data.mask_fraction,
-                       config.train.seed)
+                       config.train.seed, specials or shard_set.specials)
     stream = BatchStream(shard_set, options, rank, world, batch_size or config.train.micro_batch_size, maker)
     return BatchLoader(stream, num_workers=data.num_workers if num_workers is None else num_workers)

@@ -4,7 +4,7 @@ A shard `shard-000042.tar` holds samples as tar members sharing a key:
     pretrain:  <key>.ids.u16 (or .u32)  token ids, little-endian     <key>.txt   the text
     seq2seq:   <key>.src.u16, <key>.tgt.u16                          <key>.json  {"id", "src", "tgt", "refs"}
 `manifest.json` beside the shards records, per shard, its sample and token counts, bytes and sha256; the
-tokenizer's sha256 and size; the inputs and the command line that built it.
+tokenizer's sha256, size and special ids; the inputs and the command line that built it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from braceexpand import braceexpand
 from tqdm.auto import tqdm
 from webdataset import TarWriter
 
-from ardiff_scale.data.objectives import split_document
-from ardiff_scale.data.tokenizer import Tokenizer
+from ardiff_scale.data.objectives import require_mask, split_document
+from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds, Tokenizer, tokenizer_from_bytes
 from ardiff_scale.errors import DataError
 from ardiff_scale.io import read_bytes, write_bytes
 
@@ -238,6 +238,13 @@ class ShardSet:
     def kind(self) -> str | None:
         return self.manifest.get("kind") if self.manifest else None
 
+    @property
+    def specials(self) -> SpecialIds:
+        """The special ids of the tokenizer the shards were built with, from the manifest. Shards without them
+        predate other tokenizers than sentencepiece, so theirs are sentencepiece's."""
+        recorded = (self.manifest or {}).get("tokenizer", {}).get("special_ids")
+        return SpecialIds(**recorded) if recorded else SENTENCEPIECE_SPECIALS
+
 
 def _exists(url: str) -> bool:
     fs, path = fsspec.core.url_to_fs(url)
@@ -249,9 +256,9 @@ def _exists(url: str) -> bool:
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(model_bytes: bytes) -> None:
+def _init_worker(tokenizer_data: bytes) -> None:
     global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = Tokenizer(model_bytes)
+    _WORKER_TOKENIZER = tokenizer_from_bytes(tokenizer_data)
 
 
 def _encode_docs(args: tuple[list[str], int, int]) -> tuple[list[tuple[list[int], str]], dict[str, int]]:
@@ -265,7 +272,7 @@ def _encode_docs(args: tuple[list[str], int, int]) -> tuple[list[tuple[list[int]
         stats["documents_split"] += len(windows) > 1
         stats["documents_dropped"] += not windows
         stats["tokens_dropped"] += len(ids) - sum(len(w) for w in windows)
-        out.extend((w, doc if len(windows) == 1 and len(w) == len(ids) else tok.processor.decode(w))
+        out.extend((w, doc if len(windows) == 1 and len(w) == len(ids) else tok.decode(w))
                    for w in windows)
     return out, stats
 
@@ -320,6 +327,8 @@ def build_shards(records: Iterable[str] | Iterable[Pair], kind: str, output: str
         raise DataError(f"shard kind must be one of {KINDS} (got {kind!r})")
     if samples_per_shard < 1:
         raise DataError(f"samples_per_shard must be >= 1 (got {samples_per_shard})")
+    if kind == "pretrain":
+        require_mask(tokenizer.specials)  # refused now rather than when training starts
     started = time.perf_counter()
     dtype = "uint16" if tokenizer.vocab_size <= 65536 else "uint32"
     ext = _ext(dtype)
@@ -340,9 +349,9 @@ def build_shards(records: Iterable[str] | Iterable[Pair], kind: str, output: str
     index = 0
     # Spawned, not forked: a fork of a process with threads (a Ray worker, a DataLoader) can deadlock.
     pool = (multiprocessing.get_context("spawn").Pool(processes, initializer=_init_worker,
-                                                      initargs=(tokenizer.model_bytes,)) if processes > 1 else None)
+                                                      initargs=(tokenizer.data,)) if processes > 1 else None)
     if pool is None:
-        _init_worker(tokenizer.model_bytes)
+        _init_worker(tokenizer.data)
     with contextlib.ExitStack() as stack, tqdm(desc=f"shards ({kind})", unit="doc", dynamic_ncols=True) as bar:
         if pool is not None:
             stack.enter_context(pool)
@@ -368,7 +377,8 @@ def build_shards(records: Iterable[str] | Iterable[Pair], kind: str, output: str
         raise DataError(f"no samples to write: every input record was empty or shorter than {min_tokens} tokens")
     manifest = {
         "format": FORMAT, "kind": kind, "dtype": dtype,
-        "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size},
+        "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+                      "special_ids": tokenizer.specials.as_dict()},
         "rules": {"max_tokens": max_tokens, "min_tokens": min_tokens} if kind == "pretrain" else {},
         "totals": {"samples": sum(s["samples"] for s in writer.shards),
                    "tokens": sum(s["tokens"] for s in writer.shards), "shards": len(writer.shards), **totals},

@@ -44,9 +44,12 @@ def generate_candidates(model, config: Config, tokenizer: Tokenizer, source: str
     An autoregressive model gives one text, its best beam of width `candidates`.
     """
     source_len, target_len = lengths or (config.data.source_len, config.data.target_len)
-    batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len)], target_len)
+    specials = tokenizer.specials
+    batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len, specials)], target_len,
+                    specials=specials)
     out = decode(model, config, batch["src_ids"], batch["src_mask"], target_len, steps, candidates,
-                 generator=torch.Generator().manual_seed(seed), schedule=schedule, autocast_dtype=autocast_dtype)
+                 generator=torch.Generator().manual_seed(seed), schedule=schedule, autocast_dtype=autocast_dtype,
+                 specials=specials)
     return [" ".join(tokenizer.decode(row.tolist()).split()) for row in out.tokens[0]]
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ardiff_scale.config import load_config
 from ardiff_scale.data.objectives import collate, seq2seq_example
 from ardiff_scale.data.shards import build_shards
-from ardiff_scale.data.tokenizer import Tokenizer, TokenizerOptions, train_tokenizer
+from ardiff_scale.data.tokenizer import TOKENIZER_FILES, Tokenizer, TokenizerOptions, train_tokenizer
 from ardiff_scale.decoding import decode
 from ardiff_scale.diffusion import make_schedule
 from ardiff_scale.errors import DataError
@@ -80,7 +80,9 @@ def build_tokenizer(plan: Plan, work: Path) -> Path:
 
 def _done(run: Path) -> bool:
     """A finished run: its exported EMA model directory is whole (weights first, tokenizer last)."""
-    return all((run / "model-ema" / name).exists() for name in ("model.safetensors", "config.yaml", "tokenizer.model"))
+    model_dir = run / "model-ema"
+    return (all((model_dir / name).exists() for name in ("model.safetensors", "config.yaml"))
+            and any((model_dir / name).exists() for name in TOKENIZER_FILES))
 
 
 def _run_overrides(tracking_uri: str, parent: str, name: str) -> list[str]:
@@ -158,8 +160,9 @@ class Decoder:
 
     def batch(self, sources: list[str]) -> dict[str, torch.Tensor]:
         source_len, target_len = self.lengths
-        return collate([seq2seq_example(self.tokenizer.encode(s), [], source_len, target_len) for s in sources],
-                       target_len)
+        specials = self.tokenizer.specials
+        return collate([seq2seq_example(self.tokenizer.encode(s), [], source_len, target_len, specials)
+                        for s in sources], target_len, specials=specials)
 
     def run(self, sources: list[str], steps: int, k: int, seed: int, per_call: int | None = None
             ) -> tuple[list[list[str]], float]:
@@ -171,7 +174,8 @@ class Decoder:
             started = time.perf_counter()
             batch = self.batch(sources[start:start + per_call])
             out = decode(self.model, self.config, batch["src_ids"], batch["src_mask"], self.lengths[1], steps, k,
-                         generator=torch.Generator().manual_seed(seed * 1_000_003 + call), schedule=self.schedule)
+                         generator=torch.Generator().manual_seed(seed * 1_000_003 + call), schedule=self.schedule,
+                         specials=self.tokenizer.specials)
             texts += [[" ".join(self.tokenizer.decode(row.tolist()).split()) for row in rows] for rows in out.tokens]
             seconds += time.perf_counter() - started
         return texts, seconds

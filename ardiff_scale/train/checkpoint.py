@@ -217,7 +217,9 @@ def load(engine, store: CheckpointStore, tag: str, rank: int, keeps_ema: bool, e
 
     def read_file(file: Path):
         read.append(file.name)
-        return torch.load(file, map_location="cpu", weights_only=False)
+        # Our files hold tensors (RNG states included), numbers and strings: nothing that needs unpickling
+        # code, so a tampered file on shared storage cannot run any.
+        return torch.load(file, map_location="cpu", weights_only=True)
 
     if same_world:
         own = read_file(rank_file(directory, rank))

@@ -29,7 +29,7 @@ PREFIX = "model."  # the DeepSpeed engine wraps the objective, which holds the m
 
 def _weights(root: Path, tag: str, stage: int) -> dict[str, torch.Tensor]:
     if stage == 0:
-        state = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        state = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
     elif list((root / tag).glob("bf16_zero_pp_rank_*")):
         state = _from_universal(root, tag)
     else:
@@ -47,12 +47,12 @@ def _from_universal(root: Path, tag: str) -> dict[str, torch.Tensor]:
         subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                         str(root / tag), "--output_folder", str(target), "--num_extract_workers", "1",
                         "--num_merge_workers", "1"], check=True, capture_output=True)
-    return {d.name: torch.load(d / "fp32.pt", map_location="cpu", weights_only=False)["param"]
+    return {d.name: torch.load(d / "fp32.pt", map_location="cpu", weights_only=True)["param"]
             for d in sorted((target / "zero").iterdir()) if (d / "fp32.pt").exists()}
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _ema(directory: Path, world: int, shapes: dict[str, torch.Size], stage: int) -> dict[str, torch.Tensor]:

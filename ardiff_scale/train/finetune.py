@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ardiff_scale.data.shards import MANIFEST, build_shards
+from ardiff_scale.data.tokenizer import tokenizer_file_in
 from ardiff_scale.evaluation.tasks import load_task
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.train.pretrain import PretrainResult, run_pretraining
@@ -39,7 +40,7 @@ def finetune(task_name: str, init: str, output: str | None, overrides: Sequence[
     # The model is the init's, field by field; the task then sets lengths, steps and decoding.
     model_fields = [f"model.{k}={v}" for k, v in init_config.model.to_dict().items()]
     config = task.run_config([*model_fields, f"data.train={shards['train']}", f"data.valid={shards['valid']}",
-                              f"data.tokenizer={Path(init) / 'tokenizer.model'}", f"train.output_dir={out}",
+                              f"data.tokenizer={tokenizer_file_in(init)}", f"train.output_dir={out}",
                               f"tracking.experiment=ardiff-finetune-{task.name}", *overrides])
     log.info("fine-tuning %s on task %s from %s for %d steps", init_config.model_preset or "model", task.name, init,
              config.train.max_steps)

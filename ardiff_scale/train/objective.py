@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardiff_scale.config import Config
-from ardiff_scale.data.tokenizer import PAD
+from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
 from ardiff_scale.diffusion import LossTerms, NoiseSchedule, training_loss
 from ardiff_scale.model import ARDiffusionModel, AutoregressiveModel
 
@@ -33,17 +33,18 @@ class TeacherForcingObjective(nn.Module):
 
     Targets are `<s> ... </s> <pad> ...`: the loss covers every token up to and including </s>, none of the
     padding after it (the decoder stops at </s>, unlike the diffusion model that emits the padding).
+    pad_id: the tokenizer's `specials.pad` (default: sentencepiece's).
     """
 
-    def __init__(self, model: AutoregressiveModel):
+    def __init__(self, model: AutoregressiveModel, pad_id: int = SENTENCEPIECE_SPECIALS.pad):
         super().__init__()
-        self.model = model
+        self.model, self.pad_id = model, pad_id
 
     def forward(self, src_ids: torch.Tensor, src_mask: torch.Tensor, tgt_ids: torch.Tensor,
                 generator: torch.Generator | None = None) -> LossTerms:
         logits = self.model(src_ids, src_mask, tgt_ids[:, :-1])
         # Padding only ever follows </s>, so dropping padded labels keeps exactly the tokens up to </s>.
-        labels = tgt_ids[:, 1:].masked_fill(tgt_ids[:, 1:] == PAD, -100)
+        labels = tgt_ids[:, 1:].masked_fill(tgt_ids[:, 1:] == self.pad_id, -100)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         zero = nll.new_zeros(())
         return LossTerms(loss=nll, mse=zero, nll=nll, prior=zero)
@@ -53,7 +54,8 @@ class TeacherForcingObjective(nn.Module):
         return [self.model.tgt_embedding.weight, self.model.out_bias]
 
 
-def build_objective(model: nn.Module, config: Config, schedule: NoiseSchedule) -> nn.Module:
+def build_objective(model: nn.Module, config: Config, schedule: NoiseSchedule,
+                    specials: SpecialIds = SENTENCEPIECE_SPECIALS) -> nn.Module:
     if isinstance(model, AutoregressiveModel):
-        return TeacherForcingObjective(model)
+        return TeacherForcingObjective(model, specials.pad)
     return DiffusionObjective(model, schedule, config.diffusion.timestep_form)

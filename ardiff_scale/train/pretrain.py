@@ -204,7 +204,8 @@ def run_pretraining(config: Config, time_budget: float | None = None,
     if init_weights is not None:
         _load_init_weights(model, init_weights, rank)
     trainer = Trainer(config, model, callbacks, checkpointer=checkpointer,
-                      load_universal=bool(tag) and saved_world != world, data_state=loader.state_dict)
+                      load_universal=bool(tag) and saved_world != world, data_state=loader.state_dict,
+                      specials=tokenizer.specials)
     if tag:
         same = saved_world == world
         ds_tag = tag if same else _universal(Path(store.local), tag, rank)

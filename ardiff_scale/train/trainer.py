@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ardiff_scale.config import Config
+from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
 from ardiff_scale.diffusion import make_schedule
 from ardiff_scale.errors import Preempted
 from ardiff_scale.model.flops import training_step_flops
@@ -81,6 +82,7 @@ class Trainer:
     checkpointer: object | None = None
     load_universal: bool = False  # resuming a checkpoint saved at another world size
     data_state: Callable[[], dict] = dict  # the data reader's resumable state, saved with each checkpoint
+    specials: SpecialIds = SENTENCEPIECE_SPECIALS  # the tokenizer's pad/bos/eos, for the autoregressive loss
 
     def __post_init__(self) -> None:
         train = self.config.train
@@ -90,7 +92,7 @@ class Trainer:
         check_precision(self.device, train.precision, train.force_precision)
         self.model.to(self.device)
         self.schedule = make_schedule(self.config.diffusion.schedule, self.config.diffusion.num_steps).to(self.device)
-        self.objective = build_objective(self.model, self.config, self.schedule)
+        self.objective = build_objective(self.model, self.config, self.schedule, self.specials)
         self.ds_config = resolve_ds_config(self.config, self.world)
         if self.load_universal:
             self.ds_config["checkpoint"] = {"load_universal": True}

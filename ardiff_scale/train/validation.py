@@ -12,13 +12,24 @@ import torch
 from ardiff_scale.config import Config
 from ardiff_scale.data.pipeline import open_stream
 from ardiff_scale.data.shards import ShardSet
-from ardiff_scale.data.tokenizer import PAD
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.decoding import decode
 from ardiff_scale.train.engine import gathered
 from ardiff_scale.train.trainer import Callback, Trainer
 
 log = logging.getLogger("ardiff.train")
+
+
+def masked_source_text(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """The source's text with its mask shown as [____]: `decode` drops special tokens, the mask among them, so
+    the text on either side of each mask is decoded apart."""
+    parts: list[list[int]] = [[]]
+    for token in ids:
+        if token == tokenizer.specials.mask:
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    return " [____] ".join(tokenizer.decode(part) for part in parts)
 
 
 class _Periodic(Callback):
@@ -95,13 +106,13 @@ class SampleGeneration(_Periodic):
         with gathered(trainer.model, trainer.zero3):
             out = decode(trainer.model, config, batch["src_ids"].to(trainer.device),
                          batch["src_mask"].to(trainer.device), config.data.target_len, config.diffusion.decode_steps,
-                         1, generator=torch.Generator(trainer.device).manual_seed(0), schedule=trainer.schedule)
+                         1, generator=torch.Generator(trainer.device).manual_seed(0), schedule=trainer.schedule,
+                         specials=tokenizer.specials)
         trainer.model.train()
         rows = []
         for src_ids, tgt_ids, tokens in zip(batch["src_ids"], batch["tgt_ids"], out.tokens[:, 0].cpu()):
-            source = tokenizer.processor.decode([t for t in src_ids.tolist() if t != PAD]).replace("<mask>", " [____] ")
-            target = [t for t in tgt_ids.tolist() if t != PAD]
-            rows.append((" ".join(source.split()), " ".join(tokenizer.decode(target).split()),
+            source = masked_source_text(tokenizer, src_ids.tolist())
+            rows.append((" ".join(source.split()), " ".join(tokenizer.decode(tgt_ids.tolist()).split()),
                          " ".join(tokenizer.decode(tokens.tolist()).split())))
         self.samples = rows
         if trainer.is_main:

@@ -23,7 +23,8 @@ def test_real_documents_decode_back_to_their_text(tmp_path, docs, tokenizer):
 def test_manifest_counts_hashes_and_provenance(shard_dir, tokenizer):
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert manifest["kind"] == "pretrain" and manifest["dtype"] == "uint16"
-    assert manifest["tokenizer"] == {"sha256": tokenizer.sha256, "vocab_size": 1000}
+    assert manifest["tokenizer"] == {"sha256": tokenizer.sha256, "vocab_size": 1000,
+                                     "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4}}
     total = 0
     for entry in manifest["shards"]:
         data = (shard_dir / entry["name"]).read_bytes()

@@ -79,7 +79,7 @@ def test_sigterm_checkpoints_the_step_reached_and_the_same_command_continues(sha
     # One EMA per job (rank 0's, ZeRO-2) and small per-rank states without weights.
     assert (directory / "ema.pt").exists() and not list(directory.glob("ema-rank*"))
     for rank in (0, 1):
-        state = torch.load(directory / f"ardiff-rank{rank:05d}.pt", weights_only=False)
+        state = torch.load(directory / f"ardiff-rank{rank:05d}.pt", weights_only=True)
         assert "ema" not in state and state["step"] == stopped
     assert (directory / "ardiff-rank00001.pt").stat().st_size < 100_000
 

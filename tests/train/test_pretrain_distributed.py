@@ -92,7 +92,7 @@ def test_kill_a_rank_then_resume_auto_reproduces_the_uninterrupted_losses(shard_
     # The reader's state at the end: 30 steps x 4 samples read by rank 0 (its one worker's cursor counts what
     # it consumed per shard), whatever happened in between.
     state = __import__("torch").load(crashed / "checkpoints" / "step00000030" / "ardiff-rank00000.pt",
-                                     weights_only=False)["data"]
+                                     weights_only=True)["data"]
     (cursor,) = state["cursors"]
     assert cursor["epoch"] == 0 and sum(n for _, _, n in cursor["offsets"]) == 30 * 4
 
