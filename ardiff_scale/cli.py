@@ -291,14 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-official", help="an official AR-Diffusion checkpoint as a model directory",
-                       description="Read a checkpoint of the official AR-Diffusion code (microsoft/ProphetNet, "
-                                   "AR-diffusion/: model_checkpoint-N or ema_<rate>_checkpoint-N) with "
-                                   "torch.load(weights_only=True), map it onto this model (BERT's token-type row "
-                                   "folded into the source positions, the unused pooler dropped) and write a "
-                                   "model directory that generate, evaluate, finetune --init and the MLflow "
-                                   "pyfunc load. Settings without a counterpart here (self-conditioning, length "
-                                   "prediction, rotary time attention, another encoder) are refused with the "
-                                   "config key that asks for them.",
+                       description="Read a checkpoint of the official AR-Diffusion code (microsoft/ProphetNet,\n"
+                                   "AR-diffusion/: model_checkpoint-N or ema_<rate>_checkpoint-N) with\n"
+                                   "torch.load(weights_only=True), map it onto this model (BERT's token-type row\n"
+                                   "folded into the source positions, the unused pooler dropped) and write a model\n"
+                                   "directory that generate, evaluate, finetune --init and the MLflow pyfunc load.\n"
+                                   "Settings without a counterpart here (self-conditioning, length prediction,\n"
+                                   "rotary time attention, another encoder) are refused with the config key that\n"
+                                   "asks for them.",
                        epilog="example:\n  ardiff import-official --checkpoint ema_0.9999_checkpoint-60000 "
                               "--config config.yaml --vocab vocab.txt --output models/xsum-official",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -139,6 +139,15 @@ def demo(corpus: str | None, output: str, minutes: float, overrides: Sequence[st
         print("\nsource   :", source[:400])
         print("reference:", reference)
         print("generated:", generated)
+    if result.infill is not None:
+        # What the samples alone cannot say: how much was learned, against writing the commonest token.
+        scores = result.infill
+        print(f"\nwhat it learned, on {scores.windows} held-out windows: "
+              f"{scores.summary(result.tokenizer.decode([scores.unigram_token]))}")
+        if scores.accuracy <= scores.unigram_accuracy:
+            print("  (no better than the unigram baseline yet: the model needs more training (--minutes) before "
+                  "the samples mean much; few distinct tokens means the sampler's nearest-embedding clamp "
+                  "snapped uncertain estimates onto the shortest embeddings, see docs/SAMPLING.md)")
     rows = result.history.rows
     if rows:
         print(f"\nloss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f} over steps {rows[0]['step']}-{rows[-1]['step']}"

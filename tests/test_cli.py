@@ -104,3 +104,17 @@ def test_pretrain_with_a_mismatched_vocabulary_names_the_fix(tmp_path):
     assert out.returncode == 2
     assert "model.vocab_size=300" in out.stderr
 
+
+
+@pytest.mark.integration
+def test_demo_reports_what_the_model_learned_beside_its_samples(tmp_path):
+    """`make demo` end to end on the bundled corpus, at a few steps: samples, then the span scores against the
+    unigram baseline, so that nobody reads meaning into word salad."""
+    out = ardiff("demo", "--output", str(tmp_path / "demo"), "--minutes", "2", "train.max_steps=30",
+                 "train.log_every=10")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("generated:") == 4
+    assert "what it learned, on 32 held-out windows: span-token accuracy" in out.stdout
+    assert "unigram baseline (always the most frequent span token" in out.stdout
+    assert "masked spans at step 30" in out.stderr
+    load_model_dir(str(tmp_path / "demo" / "model"))

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ardiff_scale.config import Config, config_to_yaml, flatten, load_config
+from ardiff_scale.data.infill import InfillScores
 from ardiff_scale.data.pipeline import open_shards, open_stream
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.tokenizer import Tokenizer
@@ -47,6 +48,7 @@ class PretrainResult:
     resumed_from: str | None
     run: RunDir
     tracking_uri: str | None
+    infill: InfillScores | None = None  # token scores of the last sample generation's masked spans
 
 
 def _check_inputs(config: Config) -> Tokenizer:
@@ -242,7 +244,7 @@ def run_pretraining(config: Config, time_budget: float | None = None,
         run.publish(["model", "model-ema", "loss.png"])
         log.info("model written to %s (loss curve: %s)", run.url_of("model"), run.url_of("loss.png"))
     return PretrainResult(trainer, tokenizer, history, samples.samples, tag, run,
-                          tracker.tracking_uri if tracker else None)
+                          tracker.tracking_uri if tracker else None, infill=samples.scores)
 
 
 def _mlflow(config: Config, run: RunDir):

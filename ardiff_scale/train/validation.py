@@ -10,6 +10,7 @@ from itertools import islice
 import torch
 
 from ardiff_scale.config import Config
+from ardiff_scale.data.infill import InfillScores, infill_scores
 from ardiff_scale.data.pipeline import open_stream
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.tokenizer import Tokenizer
@@ -87,19 +88,23 @@ class Validation(_Periodic):
 
 
 class SampleGeneration(_Periodic):
-    """Fills the masks of the first validation (or training) windows with the skipping sampler; the texts
-    go to the log and, through `on_text`, to whoever keeps them."""
+    """Fills the masks of the first `scored` validation (or training) windows with the skipping sampler and
+    scores them in tokens (span accuracy against the unigram baseline, and how varied the output is: see
+    data/infill.py); the first `count` go to the log as text, the scores to the metrics."""
 
     name = "samples"
 
-    def __init__(self, config: Config, tokenizer: Tokenizer, shard_set: ShardSet, count: int = 4):
+    def __init__(self, config: Config, tokenizer: Tokenizer, shard_set: ShardSet, count: int = 4,
+                 scored: int = 32):
         super().__init__(config.train.sample_every)
         self.config, self.tokenizer, self.shard_set, self.count = config, tokenizer, shard_set, count
+        self.scored = max(scored, count)
         self.samples: list[tuple[str, str, str]] = []  # (source, reference, generated) of the last run
+        self.scores: InfillScores | None = None  # of the last run; None when the targets are not spans
 
     def run(self, trainer: Trainer) -> None:
         config, tokenizer = self.config, self.tokenizer
-        loader = open_stream(self.shard_set, config, rank=0, world=1, epochs=1, batch_size=self.count,
+        loader = open_stream(self.shard_set, config, rank=0, world=1, epochs=1, batch_size=self.scored,
                              num_workers=0)
         batch = next(loader.tensors())
         trainer.model.eval()
@@ -109,8 +114,11 @@ class SampleGeneration(_Periodic):
                          1, generator=torch.Generator(trainer.device).manual_seed(0), schedule=trainer.schedule,
                          specials=tokenizer.specials)
         trainer.model.train()
+        generated = out.tokens[:, 0].cpu()
+        if self.shard_set.kind != "seq2seq":
+            self.scores = infill_scores(generated, batch["tgt_ids"], tokenizer.specials)
         rows = []
-        for src_ids, tgt_ids, tokens in zip(batch["src_ids"], batch["tgt_ids"], out.tokens[:, 0].cpu()):
+        for src_ids, tgt_ids, tokens in islice(zip(batch["src_ids"], batch["tgt_ids"], generated), self.count):
             source = masked_source_text(tokenizer, src_ids.tolist())
             rows.append((" ".join(source.split()), " ".join(tokenizer.decode(tgt_ids.tolist()).split()),
                          " ".join(tokenizer.decode(tokens.tolist()).split())))
@@ -119,3 +127,8 @@ class SampleGeneration(_Periodic):
             text = "\n\n".join(f"source   : {s[:300]}\nreference: {r}\ngenerated: {g}" for s, r, g in rows)
             log.info("samples at step %d:\n%s", trainer.step, text)
             trainer.publish_text(f"samples-step{trainer.step:08d}.txt", text)
+            if self.scores is not None:
+                log.info("masked spans at step %d: %s", trainer.step,
+                         self.scores.summary(tokenizer.decode([self.scores.unigram_token])))
+        if self.scores is not None:
+            trainer.publish(self.scores.metrics())

@@ -46,7 +46,7 @@ def test_bad_plans_name_the_field(tmp_path, patch, message):
 
 
 def test_unknown_plan_lists_shipped_ones():
-    with pytest.raises(ConfigError, match=r"no reproduction plan 'fulll' \(shipped: full, reduced, smoke"):
+    with pytest.raises(ConfigError, match=r"no reproduction plan 'fulll' \(shipped: deen-diffusion, full, smoke"):
         load_plan("fulll")
 
 

@@ -102,6 +102,10 @@ def test_run_is_tracked_and_survives_a_server_outage(shard_dir, tokenizer, tmp_p
         assert {"config/config.yaml", "config/deepspeed.json", "config/tok.model.json", "config/manifest.json",
                 "plots/loss.png"} <= artifacts
         assert any(path.startswith("samples/samples-step") for path in artifacts)
+        # The masked spans scored in tokens beside the samples, against the unigram baseline.
+        assert {"infill_accuracy", "infill_unigram_accuracy", "infill_distinct", "infill_top5_share"} <= set(
+            found.data.metrics)
+        assert 0 < found.data.metrics["infill_unigram_accuracy"] < 1 and "masked spans at step 300" in out
         assert "mlflow delivery failed" in out.lower()
     finally:
         stop_server(server)
