@@ -27,7 +27,7 @@ import torch
 
 from ardiff_scale.data.infill import infill_scores, span_positions
 from ardiff_scale.data.pipeline import open_shards, open_stream
-from ardiff_scale.diffusion import model_time, sample
+from ardiff_scale.diffusion import model_time
 from ardiff_scale.diffusion.sampler import NearestEmbedding, skip_update
 from ardiff_scale.diffusion.schedule import make_schedule
 from ardiff_scale.diffusion.timesteps import decode_schedule, token_step_indices

@@ -38,7 +38,9 @@ import torch
 import yaml
 
 from ardiff_scale.config import Config, load_config
+from ardiff_scale.data.tokenizer import HFTokenizer, Tokenizer
 from ardiff_scale.errors import ConfigError, DataError
+from ardiff_scale.export import save_model_dir
 from ardiff_scale.model import ModelConfig, build_model
 
 # Official settings that change the network or the diffusion in a way this implementation does not have:
@@ -307,11 +309,9 @@ def describe(official: OfficialModel) -> str:
 
 
 def official_tokenizer(vocab: str | None = None, tokenizer: str | None = None,
-                       bpe: tuple[str, str] | None = None):
+                       bpe: tuple[str, str] | None = None) -> Tokenizer:
     """The imported model's own tokenizer: BERT WordPiece (vocab.txt), a saved tokenizer.json, or a
     byte-level BPE (vocab.json, merges.txt)."""
-    from ardiff_scale.data.tokenizer import HFTokenizer, Tokenizer
-
     given = [name for name, value in (("--vocab", vocab), ("--tokenizer", tokenizer), ("--bpe", bpe)) if value]
     if len(given) != 1:
         raise ConfigError("give exactly one of --vocab vocab.txt (BERT WordPiece, as bert-base-uncased), "
@@ -324,11 +324,9 @@ def official_tokenizer(vocab: str | None = None, tokenizer: str | None = None,
     return Tokenizer.load(tokenizer)
 
 
-def import_official(checkpoint: str, config: str, output: str, tokenizer) -> OfficialModel:
+def import_official(checkpoint: str, config: str, output: str, tokenizer: Tokenizer) -> OfficialModel:
     """Write the official checkpoint as a model directory (what `ardiff generate`, `evaluate`, `finetune --init`
     and the MLflow pyfunc load). The vocabulary sizes of the checkpoint and the tokenizer must agree."""
-    from ardiff_scale.export import save_model_dir
-
     path = Path(output)
     if path.exists() and any(path.iterdir()):
         raise ConfigError(f"--output {output} exists and is not empty: choose a new directory")

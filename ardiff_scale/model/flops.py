@@ -39,10 +39,16 @@ def _denoise(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, time_rows:
     # GEGLU in (2 * ff_mult * H) and out (ff_mult * H).
     block = _matmul(tokens, h, (6 + 3 * cfg.ff_mult) * h)
     time_mlp = _matmul(time_rows * tgt_len, tc, 4 * tc) + _matmul(time_rows * tgt_len, 4 * tc, h)
-    # The txl key bias u . k_j + v . tau_j, with tau computed (and dotted) for time_rows rows only.
-    key_bias = _matmul(tokens, h, 1) + _matmul(time_rows * tgt_len, h, 1)
-    return {"decoder_linears": layers * (block + time_mlp + key_bias),
-            "up_down_proj": 2 * (_matmul(tokens, d, 2 * h) + _matmul(tokens, 2 * h, h)),
+    if cfg.time_attention:
+        # The txl key bias u . k_j + v . tau_j, with tau computed (and dotted) for time_rows rows only.
+        key_bias = _matmul(tokens, h, 1) + _matmul(time_rows * tgt_len, h, 1)
+        decoder = layers * (block + time_mlp + key_bias)
+    else:  # one time MLP, at the decoder input
+        decoder = layers * block + time_mlp
+    # Without a width change there are no projections (nn.Identity), as in the official model.
+    projections = 0.0 if d == h else 2 * (_matmul(tokens, d, 2 * h) + _matmul(tokens, 2 * h, h))
+    return {"decoder_linears": decoder,
+            "up_down_proj": projections,
             "self_attention": layers * 2 * _matmul(tokens, h, tgt_len),
             "cross_attention": layers * 2 * _matmul(tokens, h, src_len)}
 

@@ -12,10 +12,15 @@ from ardiff_scale.model.flops import forward_flops, sampling_flops, training_ste
 BATCH, SRC_LEN, TGT_LEN = 3, 24, 16
 
 
-@pytest.fixture(scope="module")
-def model():
+# AR-Diffusion's decoder; the uniform baseline's (time at the input); and one whose embedding is as wide as the
+# hidden size (no up/down projections, as in the official model).
+VARIANTS = [{}, {"time_attention": False}, {"embed_dim": 64}]
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=["txl", "time-at-input", "no-projections"])
+def model(request):
     torch.manual_seed(0)
-    return ARDiffusionModel(preset("tiny", dropout=0.0, attention_dropout=0.0)).eval()
+    return ARDiffusionModel(preset("tiny", dropout=0.0, attention_dropout=0.0, **request.param)).eval()
 
 
 def measured_flops(fn) -> int:
