@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from ardiff_scale.diffusion import LossDraws, SamplerNoise, model_time, sample, sqrt_schedule, training_terms
 from ardiff_scale.errors import ConfigError, DataError
 from ardiff_scale.interop.official import convert, load_official, read_official_checkpoint, read_official_config
-from ardiff_scale.model import build_model
+from ardiff_scale.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(os.environ.get("ARDIFF_PARITY_FIXTURE", REPO.parent / "shared" / "parity" / "official-tiny"))
@@ -176,3 +176,88 @@ def _steps(ref) -> int:
     steps = int(yaml.safe_load((FIXTURE / "config.yaml").read_text()).get("diffusion_steps", 2000))
     assert int(ref["forward_t"].max()) < steps
     return steps
+
+
+def _as_official(state: dict[str, torch.Tensor], layers: tuple[int, int], time_attention: bool) -> dict:
+    """Our state dict in the official names (the inverse of the import), for sizes no fixture has."""
+    out = {"position_ids": torch.arange(state["tgt_positions.weight"].shape[0])[None]}
+    emb = "encoder.embeddings."
+    hidden = state["src_embedding.weight"].shape[1]
+    out[emb + "word_embeddings.weight"] = state["src_embedding.weight"]
+    type_row = torch.randn(2, hidden, generator=torch.Generator().manual_seed(1))
+    out[emb + "token_type_embeddings.weight"] = type_row
+    out[emb + "position_embeddings.weight"] = state["src_positions.weight"] - type_row[0]
+    for p in ("weight", "bias"):
+        out[emb + f"LayerNorm.{p}"] = state[f"src_ln.{p}"]
+        out[f"encoder.pooler.dense.{p}"] = torch.zeros(hidden, hidden) if p == "weight" else torch.zeros(hidden)
+    for i in range(layers[0]):
+        theirs, ours = f"encoder.encoder.layer.{i}.", f"encoder.{i}."
+        for p in ("weight", "bias"):
+            for name, part in zip(("query", "key", "value"), state[ours + f"qkv.{p}"].chunk(3)):
+                out[theirs + f"attention.self.{name}.{p}"] = part
+            for mine, official in (("out", "attention.output.dense"), ("ln_attn", "attention.output.LayerNorm"),
+                                   ("ff_in", "intermediate.dense"), ("ff_out", "output.dense"),
+                                   ("ln_ff", "output.LayerNorm")):
+                out[theirs + f"{official}.{p}"] = state[ours + f"{mine}.{p}"]
+    out["word_embedding.weight"] = out["lm_head.weight"] = state["tgt_embedding.weight"]
+    out["lm_head.bias"] = state["round_bias"]
+    out["position_embeddings.weight"] = state["tgt_positions.weight"]
+    for p in ("weight", "bias"):
+        out[f"LayerNorm.{p}"] = state[f"tgt_ln.{p}"]
+        for n in ("0", "2"):
+            if f"up_proj.{n}.{p}" in state:
+                out[f"input_up_proj.{n}.{p}"] = state[f"up_proj.{n}.{p}"]
+                out[f"output_down_proj.{n}.{p}"] = state[f"down_proj.{n}.{p}"]
+            if not time_attention:
+                out[f"time_trans.{n}.{p}"] = state[f"time_mlp.{n}.{p}"]
+    for i in range(layers[1]):
+        theirs, ours = f"transformer_blocks.{i}.", f"decoder.{i}."
+        for name, part in zip("qkv", state[ours + "self_attn.qkv.weight"].chunk(3)):
+            out[theirs + f"attn1.to_{name}.weight"] = part
+        out[theirs + "attn2.to_q.weight"] = state[ours + "cross_attn.q.weight"]
+        for name, part in zip("kv", state[ours + "cross_attn.kv.weight"].chunk(2)):
+            out[theirs + f"attn2.to_{name}.weight"] = part
+        if time_attention:
+            out[theirs + "r_w_bias"] = state[ours + "self_attn.content_bias"]
+            out[theirs + "r_r_bias"] = state[ours + "self_attn.time_bias"]
+        for p in ("weight", "bias"):
+            for mine, official in (("self_attn.out", "attn1.to_out.0"), ("cross_attn.out", "attn2.to_out.0"),
+                                   ("ln_self", "norm1"), ("ln_cross", "norm2"), ("ln_ff", "norm3"),
+                                   ("ff.proj", "ff.net.0.proj"), ("ff.out", "ff.net.2")):
+                out[theirs + f"{official}.{p}"] = state[ours + f"{mine}.{p}"]
+            if time_attention:
+                out[theirs + f"time_trans.0.{p}"] = state[ours + f"time_mlp.1.{p}"]
+                out[theirs + f"time_trans.2.{p}"] = state[ours + f"time_mlp.3.{p}"]
+    return out
+
+
+@pytest.mark.parametrize("sizes", [
+    dict(vocab_size=1234, hidden_size=96, num_heads=3, encoder_layers=2, decoder_layers=3, embed_dim=48,
+         time_channels=24, max_source_len=40, max_target_len=40),
+    dict(vocab_size=300, hidden_size=64, num_heads=8, encoder_layers=1, decoder_layers=1, embed_dim=64,
+         time_channels=16, max_source_len=20, max_target_len=20, time_attention=False),
+], ids=["other-sizes", "no-projections-uniform"])
+def test_sizes_are_read_from_the_checkpoint_not_assumed(sizes):
+    """Other sizes than the fixture's, round-tripped through the official names: the import recovers every
+    size from the shapes and config, and the imported model computes what the original does."""
+    torch.manual_seed(3)
+    config = ModelConfig(dropout=0.0, attention_dropout=0.0, **sizes)
+    original = build_model(config).eval()
+    time_attention = sizes.get("time_attention", True)
+    official_config = {"intermediate_size": 4 * config.hidden_size, "in_channels": config.embed_dim,
+                       "time_channels": config.time_channels, "num_attention_heads": config.num_heads,
+                       "dropout": 0.0, "att_dropout": 0.0, "time_att": time_attention, "tgt_len": 12,
+                       "schedule_sampler": "xy_uniform" if time_attention else "uniform",
+                       "max_pos_len": config.max_source_len}
+    state = _as_official(original.state_dict(), (config.encoder_layers, config.decoder_layers), time_attention)
+    imported = convert(official_config, state)
+    assert imported.model == config
+    model = build_model(imported.model).eval()
+    model.load_state_dict(imported.weights)
+    src = torch.randint(5, config.vocab_size, (2, 9))
+    x = torch.randn(2, 12, config.embed_dim)
+    time = torch.rand(2, 12) * 1000
+    with torch.no_grad():
+        want = original.denoise(x, time, original.encode(src, torch.ones_like(src)))
+        got = model.denoise(x, time, model.encode(src, torch.ones_like(src)))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
