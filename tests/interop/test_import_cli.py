@@ -45,6 +45,14 @@ def test_import_official_writes_a_model_directory_generate_loads(tmp_path, offic
     assert run_config.model == official.model and tokenizer.vocab_size == official.model.vocab_size
     for name, tensor in official.weights.items():
         assert torch.equal(model.state_dict()[name], tensor), name
+    # The MLflow pyfunc wrapper loads it like any model directory and generates.
+    from types import SimpleNamespace
+
+    from ardiff_scale.tracking.registry import ARDiffusionPyfunc
+    pyfunc = ARDiffusionPyfunc()
+    pyfunc.load_context(SimpleNamespace(artifacts={"model_dir": str(out)}))
+    (text,) = pyfunc.predict(None, ["the dog ran away"])
+    assert isinstance(text, str)
     generated = subprocess.run([*ardiff, "generate", "--model", str(out), "--source", "the cat sat on the mat"],
                                capture_output=True, text=True, timeout=300)
     assert generated.returncode == 0, generated.stderr
