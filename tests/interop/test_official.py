@@ -89,10 +89,12 @@ def test_per_token_loss_terms_match(model, ref):
         assert (terms[ours] - ref[theirs]).abs().max() < 1e-5, ours
 
 
-def test_skipping_sampler_replays_every_official_step(model, ref):
+def test_skipping_sampler_replays_every_official_step(official, model, ref):
     steps = ref["sample_noise"].shape[0]
+    # The timestep form follows the official config (xy_uniform: "code"; uniform: "uniform").
+    (form,) = [o.split("=", 1)[1] for o in official.overrides if o.startswith("diffusion.timestep_form=")]
     out = sample(model, ref["src_ids"], ref["src_mask"], ref["tgt_ids"].shape[1], sqrt_schedule(_steps(ref)),
-                 decode_steps=steps, form="code", clamp=True,
+                 decode_steps=steps, form=form, clamp=True,
                  noise=SamplerNoise(ref["sample_x_T"], ref["sample_noise"]), return_states=True)
     errors = (out.states - ref["sample_xs"]).abs().amax(dim=(1, 2, 3))
     assert errors.shape == (steps,) and bool((errors < 1e-4).all()), errors
