@@ -27,8 +27,8 @@ import torch
 
 from ardiff_scale.data.infill import infill_scores, span_positions
 from ardiff_scale.data.pipeline import open_shards, open_stream
-from ardiff_scale.diffusion import model_time
-from ardiff_scale.diffusion.sampler import NearestEmbedding, skip_update
+from ardiff_scale.diffusion import model_time, sample
+from ardiff_scale.diffusion.sampler import NearestEmbedding
 from ardiff_scale.diffusion.schedule import make_schedule
 from ardiff_scale.diffusion.timesteps import decode_schedule, token_step_indices
 from ardiff_scale.export import load_model_dir
@@ -36,23 +36,11 @@ from ardiff_scale.export import load_model_dir
 RESULTS = Path(__file__).parent / "results"
 
 
-@torch.no_grad()
 def fill(model, schedule, batch, length: int, steps: int, form: str, clamp_from: int | None, seed: int):
-    """Tokens (windows, length): clamp x0-hat at steps k >= clamp_from (None: never), same noise every call."""
-    generator = torch.Generator().manual_seed(seed)
-    memory = model.encode(batch["src_ids"], batch["src_mask"])
-    weight = model.embedding_weight().detach().float()
-    x = torch.randn((batch["src_ids"].shape[0], length, weight.shape[1]), generator=generator)
-    visited = decode_schedule(length, schedule.num_steps, steps, form)
-    times = token_step_indices(torch.tensor(visited), length, schedule.num_steps, form)
-    nearest = NearestEmbedding(weight)
-    for k in range(steps):
-        s, e = times[k:k + 1], times[k + 1:k + 2]
-        x0 = model.denoise(x, model_time(s, schedule.num_steps).expand(x.shape[0], -1), memory).float()
-        if clamp_from is not None and k >= clamp_from:
-            x0 = nearest(x0)
-        x = skip_update(x, x0, s, e, schedule, torch.randn(x.shape, generator=generator))
-    return model.round_logits(x).argmax(-1)
+    """Tokens (windows, length): clamp x0-hat from step clamp_from on (None: never), same noise every call."""
+    return sample(model, batch["src_ids"], batch["src_mask"], length, schedule, decode_steps=steps, form=form,
+                  clamp=clamp_from is not None, clamp_from=clamp_from or 0,
+                  generator=torch.Generator().manual_seed(seed)).tokens[:, 0]
 
 
 def norm_percentile(tokens: torch.Tensor, norms: torch.Tensor) -> float:
@@ -71,8 +59,7 @@ def first_estimate(model, schedule, batch, length: int, steps: int, form: str, s
     s = token_step_indices(torch.tensor(decode_schedule(length, schedule.num_steps, steps, form)[:1]), length,
                            schedule.num_steps, form)
     x0 = model.denoise(x, model_time(s, schedule.num_steps).expand(x.shape[0], -1), memory).float()
-    chosen = NearestEmbedding(weight)(x0)
-    ids = (chosen.reshape(-1, 1, chosen.shape[-1]) == weight[None]).all(-1).float().argmax(-1)
+    ids = NearestEmbedding(weight).index(x0).flatten()
     shortest = norms.argsort()[: max(1, norms.numel() // 100)]
     counts = torch.bincount(ids, minlength=norms.numel())
     return {"x0_norm": float(x0.norm(dim=-1).mean()), "embedding_norm": float(norms.mean()),

@@ -51,6 +51,10 @@ class NearestEmbedding:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., dim) -> same shape, every vector replaced by a row of the table."""
+        return self.weight[self.index(x)].to(x.dtype)
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., dim) -> (...) int64: the row of the table nearest to each vector."""
         flat = x.reshape(-1, x.shape[-1]).to(self.weight.dtype)
         flat = torch.cat([flat, torch.ones_like(flat[:, :1])], dim=1)
         index = torch.empty(flat.shape[0], dtype=torch.int64, device=x.device)
@@ -61,7 +65,7 @@ class NearestEmbedding:
             scores = self._scores[:chunk.shape[0]]
             torch.mm(chunk, self.augmented_t, out=scores)
             index[start:start + chunk.shape[0]] = scores.argmax(-1)
-        return self.weight[index].reshape(x.shape).to(x.dtype)
+        return index.reshape(x.shape[:-1])
 
 
 def nearest_embedding(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -92,14 +96,16 @@ def sample(denoiser: Denoiser, src_ids: torch.Tensor, src_mask: torch.Tensor, le
            schedule: NoiseSchedule, decode_steps: int = 20, num_candidates: int = 1, form: str = "code",
            clamp: bool = True, generator: torch.Generator | None = None, cache_memory: bool = True,
            autocast_dtype: torch.dtype | None = None, return_trajectory: bool = False,
-           noise: SamplerNoise | None = None, return_states: bool = False) -> SampleOutput:
+           noise: SamplerNoise | None = None, return_states: bool = False, clamp_from: int = 0) -> SampleOutput:
     """Generate `num_candidates` targets of `length` tokens per source.
 
     The encoder runs once per source. With cache_memory (the default) its cross-attention keys and values
     are also projected once and shared by all M steps and all k candidates; cache_memory=False is the
     straightforward computation (sources repeated k times, keys and values re-projected at every step),
     kept as the reference the fast path is tested and benchmarked against. Both draw the same noise.
-    `noise` replaces every draw (see SamplerNoise); return_states keeps x after each step.
+    `noise` replaces every draw (see SamplerNoise); return_states keeps x after each step. With clamp, x0-hat
+    is clamped from step `clamp_from` (0-based) on: 0 is the official sampler, later starts leave an uncertain
+    model's early, shrunken estimates alone (benchmarks/infill_clamp.py).
     """
     batch = src_ids.shape[0]
     num_steps = schedule.num_steps
@@ -129,7 +135,7 @@ def sample(denoiser: Denoiser, src_ids: torch.Tensor, src_mask: torch.Tensor, le
         with autocast:
             x0_pred = denoiser.denoise(x, model_time(s, num_steps).expand(rows, -1), memory)
         x0_pred = x0_pred.float()
-        if clamp_fn is not None:
+        if clamp_fn is not None and k >= clamp_from:
             x0_pred = clamp_fn(x0_pred)
         step_noise = (noise.steps[k].to(device, torch.float32) if noise is not None
                       else torch.randn(x.shape, generator=generator, device=device))

@@ -268,7 +268,8 @@ def convert(config: dict[str, Any], state: dict[str, torch.Tensor], step: int | 
     """An official (config, state dict) pair as our model config, run-config overrides and state dict."""
     model = model_config(config, state)
     weights = map_weights(state, model)
-    expected = build_model(model).state_dict()
+    with torch.device("meta"):  # shapes only: the weights are built once, by whoever loads these
+        expected = build_model(model).state_dict()
     wrong = [k for k in expected if k not in weights or weights[k].shape != expected[k].shape]
     if wrong or set(weights) - set(expected):
         raise DataError(f"mapped official weights do not fit the model (first mismatch: "
@@ -293,11 +294,10 @@ def load_official(checkpoint: str | os.PathLike, config: str | os.PathLike) -> O
     return convert(read_official_config(config), state, step)
 
 
-def run_config(official: OfficialModel, tokenizer_path: str = "") -> Config:
+def run_config(official: OfficialModel) -> Config:
     """A full run config for the imported model (what a model directory's config.yaml holds)."""
     fields = [f"model.{k}={v}" for k, v in official.model.to_dict().items()]
-    extra = [f"data.tokenizer={tokenizer_path}"] if tokenizer_path else []
-    return load_config(None, [*fields, *official.overrides, *extra])
+    return load_config(None, [*fields, *official.overrides])
 
 
 def describe(official: OfficialModel) -> str:

@@ -143,3 +143,25 @@ def test_skip_update_keeps_the_forward_marginal_over_a_jump():
                       torch.randn(x0.shape, generator=generator, dtype=torch.float64))
     assert x_e.mean().item() == pytest.approx(a_e ** 0.5 * 0.7, abs=5e-3)
     assert x_e.var().item() == pytest.approx(1 - a_e, rel=1e-2)
+
+
+class ShrinkingOracle(OracleDenoiser):
+    """Predicts half the clean embedding: an uncertain model's short estimate, which the clamp changes."""
+
+    def denoise(self, x_t, time, memory):
+        return 0.5 * super().denoise(x_t, time, memory)
+
+
+def test_clamping_starts_at_clamp_from():
+    targets = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(6))
+    src = torch.arange(2).unsqueeze(1).repeat(1, 3)
+
+    def states(**kwargs):
+        return sample(ShrinkingOracle(targets), src, torch.ones_like(src), 9, SCHEDULE, decode_steps=6,
+                      generator=torch.Generator().manual_seed(7), return_states=True, **kwargs).states
+
+    never, always, late = states(clamp=False), states(clamp=True), states(clamp=True, clamp_from=3)
+    assert torch.equal(states(clamp=True, clamp_from=0), always)
+    assert torch.equal(states(clamp=True, clamp_from=6), never)
+    # The first three steps are unclamped, the fourth is not.
+    assert torch.equal(late[:3], never[:3]) and not torch.allclose(late[3], never[3])
