@@ -63,7 +63,11 @@ def cmd_shards_bench(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from ardiff_scale.commands import pretrain
-    pretrain(args.recipe, args.overrides)
+    ray = [f"ray.{name}={value}" for name, value in (("address", args.ray), ("workers", args.workers),
+                                                      ("gpus_per_worker", args.gpus_per_worker),
+                                                      ("cpus_per_worker", args.cpus_per_worker),
+                                                      ("max_failures", args.max_failures)) if value is not None]
+    pretrain(args.recipe, [*args.overrides, *ray])
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -75,13 +79,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ardiff_scale.evaluation.evaluate import evaluate
     index, _, parts = args.part.partition("/")
     evaluate(args.task, args.checkpoint, args.output, args.split, args.limit, (int(index), int(parts or 1)),
-             args.steps, args.candidates, args.seed)
+             args.steps, args.candidates, args.seed, args.batch_sources)
 
 
 def cmd_suite_run(args: argparse.Namespace) -> None:
     from ardiff_scale.jobs.suite import run_suite
     run_suite([t for t in args.tasks.split(",") if t], args.init, args.address, args.output, args.overrides,
-              args.limit, args.max_failures, args.tracking_uri or "", args.seed)
+              args.limit, args.max_failures, args.tracking_uri or "", args.seed, args.gpus)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -122,6 +126,11 @@ def cmd_submit(args: argparse.Namespace) -> None:
                     args.num_cpus, args.num_gpus)
     if status:
         raise SystemExit(status)
+
+
+def cmd_deepspeed_env(args: argparse.Namespace) -> None:
+    from ardiff_scale.commands import deepspeed_env
+    deepspeed_env(args.output, args.force)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "train.output_dir.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_args(p, default="tiny-cpu")
+    ray = p.add_argument_group(
+        "on a Ray cluster", "Run the same training in Ray Train workers anywhere on a Ray cluster (the flags set "
+        "the recipe's ray.* fields). Checkpoints, resume and the MLflow run are those of a deepspeed launch; a "
+        "failed worker restarts the group from the last checkpoint. As a Ray job: ardiff submit -- pretrain "
+        "--ray auto --workers 16 --gpus-per-worker 1 ... ; train.output_dir and the shards must be on storage "
+        "every node sees (a shared filesystem or s3://).")
+    ray.add_argument("--ray", metavar="ADDRESS", help="Ray address: auto (inside a Ray job or on a node of the "
+                     "cluster), HOST:6379 or ray://HOST:10001")
+    ray.add_argument("--workers", type=int, help="Ray Train workers, one rank each (ray.workers, default 1)")
+    ray.add_argument("--gpus-per-worker", type=float, help="GPUs per worker; 0 trains on CPU with gloo "
+                     "(ray.gpus_per_worker, default 0)")
+    ray.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (ray.cpus_per_worker, "
+                     "default 1)")
+    ray.add_argument("--max-failures", type=int, help="restarts after worker failures (ray.max_failures, "
+                     "default 3)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained model on a task",
@@ -236,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, help="candidates k (default: the task's)")
     p.add_argument("--part", default="0/1", help="I/N: this worker's share of the examples (default 0/1)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--batch-sources", type=int, default=16, metavar="N",
+                   help="sources per sampler call, on the GPU when there is one; the predictions do not depend "
+                        "on it, 1 decodes one at a time (default 16)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reproduce", help="the paper's claims at small scale: train three systems, sweep M and k",
@@ -274,8 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/suite", help="suite directory (default runs/suite)")
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples per task")
     p.add_argument("--max-failures", type=int, default=2, help="fine-tune worker restarts allowed (default 2)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the suite dir)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else a SQLite store in "
+                                          "the suite dir on a one-node cluster; several nodes need a server)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--gpus", choices=("auto", "always", "never"), default="auto",
+                   help="give tasks the GPUs their resources.gpus_per_worker asks for: auto when the cluster "
+                        "has GPUs, always (an autoscaler adds GPU nodes), never (default auto)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value", help="fine-tune config overrides")
     p.set_defaults(func=cmd_suite_run)
 
@@ -359,6 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ardiff_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                    help="the ardiff command to run, after --")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("deepspeed-env", help="write the .deepspeed_env the hostfile launcher exports on every host",
+                       description="Write this shell's AWS_*, MLFLOW_*, ARDIFF_*, HF_*, NCCL_*, GLOO_* and FSSPEC_*\n"
+                                   "variables as NAME=value lines to a .deepspeed_env file (mode 0600): `deepspeed\n"
+                                   "--hostfile` starts the ranks over SSH with only a few variables of its own and\n"
+                                   "exports this file's lines on every host. Prints the names written, never the\n"
+                                   "values.",
+                       epilog="example:\n  ardiff deepspeed-env && deepspeed --hostfile cluster/hostfile "
+                              "$(which ardiff) pretrain --recipe xsum ...",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default=".deepspeed_env",
+                   help="file to write (default .deepspeed_env in the current directory, where the launcher looks)")
+    p.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    p.set_defaults(func=cmd_deepspeed_env)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +13,7 @@ import torch
 from ardiff_scale.config import load_config
 from ardiff_scale.data.build import shards_command, tokenizer_command
 from ardiff_scale.data.tokenizer import TokenizerOptions
-from ardiff_scale.errors import ConfigError, DataError
+from ardiff_scale.errors import ArdiffError, ConfigError, DataError
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.model import build_model, parameter_breakdown
 from ardiff_scale.model.flops import training_step_flops
@@ -43,7 +44,14 @@ def model_info(preset: str | None, recipe: str | None, overrides: Sequence[str],
 
 
 def pretrain(recipe: str | None, overrides: Sequence[str]) -> None:
-    run_pretraining(load_config(recipe, overrides))
+    """Here (or in the ranks a launcher started), or, with ray.address set, in Ray Train workers."""
+    config = load_config(recipe, overrides)
+    if config.ray.address:
+        from ardiff_scale.jobs.raytrain import pretrain_on_ray  # imports ray: only for Ray runs
+
+        pretrain_on_ray(config)
+    else:
+        run_pretraining(config)
 
 
 def generate(model_dir: str, sources: Sequence[str], input_file: str | None, steps: int | None, candidates: int,
@@ -159,3 +167,27 @@ def demo(corpus: str | None, output: str, minutes: float, overrides: Sequence[st
     if result.tracking_uri:
         print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 --port 5000  "
               "(then open http://127.0.0.1:5000)")
+
+
+def deepspeed_env(output: str, force: bool) -> None:
+    """Write the `.deepspeed_env` the hostfile launcher exports on every host; print names, never values."""
+    from ardiff_scale.jobs.environment import deepspeed_env_file, describe, travelling_environment
+
+    if os.path.lexists(output) and not force:
+        raise ArdiffError(f"{output} exists; pass --force to overwrite it")
+    environment = travelling_environment()
+    try:
+        text = deepspeed_env_file(environment)
+    except ValueError as err:
+        raise ArdiffError(str(err)) from err
+    # Owner-only from the first byte: the file holds credentials (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_TOKEN).
+    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an overwritten file keeps its old mode otherwise
+    with os.fdopen(descriptor, "w") as f:
+        f.write(text)
+    print(f"wrote {len(environment)} variable(s) to {output}: {describe(environment)}")
+    # The launcher wraps a value in double quotes on the remote shell's command line, where these still act.
+    for name in (n for n, value in environment.items() if any(c in value for c in '"$`\\')):
+        print(f"warning: {name}'s value holds a \", $, ` or \\, which the remote shell will interpret")
+    print("deepspeed --hostfile HOSTFILE reads .deepspeed_env from its working directory or $HOME (or the file "
+          "named by DS_ENV_FILE) and exports every line on each host before starting the ranks")

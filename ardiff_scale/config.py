@@ -150,8 +150,26 @@ class TrackingConfig:
         """Every value is acceptable here; an unreachable tracking server is reported when the run starts."""
 
 
+@dataclass
+class RayConfig:
+    # Empty: train in this process, or in those the `deepspeed`/`torchrun` launcher started. A Ray cluster
+    # ("auto" inside a Ray job, host:port of the GCS, ray://host:10001): the same trainer runs in `workers`
+    # Ray Train workers placed anywhere on that cluster.
+    address: str = ""
+    workers: int = 1
+    gpus_per_worker: float = 0.0  # 0: CPU workers (gloo); each worker drives one GPU when 1
+    cpus_per_worker: float = 1.0
+    max_failures: int = 3  # times Ray Train restarts the workers after a failure, from the last checkpoint
+    # Ray Train's own run state; empty: OUTPUT_DIR/ray (checkpoints live in train.output_dir either way).
+    storage_path: str = ""
+
+    def validate(self, prefix: str = "ray") -> None:
+        _positive(self, prefix, "workers", "cpus_per_worker")
+        _non_negative(self, prefix, "gpus_per_worker", "max_failures")
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
-                             "train": TrainConfig, "tracking": TrackingConfig}
+                             "train": TrainConfig, "tracking": TrackingConfig, "ray": RayConfig}
 
 
 @dataclass
@@ -162,6 +180,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     # Provenance, not content: a config saved and reloaded from elsewhere is still the same config.
     recipe: str = field(default="", compare=False)
 

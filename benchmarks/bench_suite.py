@@ -6,6 +6,8 @@ corpus, and a tiny init model pretrained with `ardiff pretrain`, all in a fresh 
 
     .venv/bin/python benchmarks/bench_suite.py            # 30 fine-tune steps, 20 test examples
     .venv/bin/python benchmarks/bench_suite.py --quick    # 10 steps, 6 examples -> results/suite-quick.json
+    .venv/bin/python benchmarks/bench_suite.py --before b362671 --out benchmarks/results/suite-gpu-issue.json
+                                                          # that commit's code first, then this tree's
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep that folder instead of removing it")
     parser.add_argument("--out", default="benchmarks/results/suite.json",
                         help="JSON results (default: benchmarks/results/suite.json; suite-quick.json with --quick)")
+    parser.add_argument("--before", metavar="GIT_REF",
+                        help="also run the suite with the code of GIT_REF (a temporary git worktree), first, with "
+                             "the same init model and tasks, and print both side by side")
     parser.add_argument("--quick", action="store_true", help="10 fine-tune steps, 6 examples: a smoke check")
     args = parser.parse_args(argv)
     if args.quick:
@@ -120,16 +125,23 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict]:
     return workdir / "pretrain" / "model", seconds
 
 
-def bench_suite(tasks: list[Path], init: Path, args: argparse.Namespace, out: Path) -> dict:
-    log.info("starting a local Ray head (2 CPUs)")
+def code_env(code: Path | None) -> dict[str, str]:
+    """The environment that makes `ardiff` (and the Ray workers of a head started with it) run the package in
+    `code` instead of the installed one: PYTHONPATH comes before the editable install's finder."""
+    return {"PYTHONPATH": str(code)} if code else {}
+
+
+def bench_suite(tasks: list[Path], init: Path, args: argparse.Namespace, out: Path, code: Path | None = None) -> dict:
+    log.info("starting a local Ray head (2 CPUs)%s", f" running {code}" if code else "")
     start = time.perf_counter()
-    head = start_local_head(num_cpus=2)
+    head = start_local_head(num_cpus=2, env=code_env(code))
     head_seconds = time.perf_counter() - start
     try:
         log.info("ardiff suite run: %s", ", ".join(t.stem for t in tasks))
         start = time.perf_counter()
         ardiff("suite", "run", "--tasks", ",".join(map(str, tasks)), "--init", str(init), "--address",
-               head.address, "--output", str(out), "--limit", str(args.limit), env=local_ray_env())
+               head.address, "--output", str(out), "--limit", str(args.limit),
+               env={**local_ray_env(), **code_env(code)})
         wall = time.perf_counter() - start
     finally:
         head.stop()
@@ -145,18 +157,20 @@ def bench_suite(tasks: list[Path], init: Path, args: argparse.Namespace, out: Pa
             "scheduling_overhead_seconds": wall - pipelines, "overhead_definition": OVERHEAD, "tasks": rows}
 
 
-def bench_eval(task: Path, model: Path, args: argparse.Namespace, workdir: Path) -> list[dict]:
+def bench_eval(task: Path, model: Path, args: argparse.Namespace, workdir: Path, code: Path | None = None
+               ) -> list[dict]:
     """The same examples as 1 process (`--part 0/1`) and as 2 concurrent processes (`--part 0/2`, `1/2`),
     each `ardiff evaluate` with one thread. Wall is process start to the last exit; predict is the slowest
     part's own `seconds` (model load and sampling, without interpreter start, imports and scoring)."""
     rows = []
     for workers in (1, 2):
         log.info("evaluate %s with %d worker(s)", task.stem, workers)
-        outs = [workdir / f"eval-{workers}" / f"part{i}" for i in range(workers)]
+        outs = [workdir / f"eval-{workers}{'-' + code.name if code else ''}" / f"part{i}" for i in range(workers)]
         outs[0].parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         procs = [ardiff("evaluate", "--task", str(task), "--checkpoint", str(model), "--limit", str(args.limit),
-                        "--part", f"{i}/{workers}", "--output", str(o), log_to=o.with_suffix(".log"))
+                        "--part", f"{i}/{workers}", "--output", str(o), log_to=o.with_suffix(".log"),
+                        env={**os.environ, **code_env(code)})
                  for i, o in enumerate(outs)]
         codes = [p.wait() for p in procs]
         wall = time.perf_counter() - start
@@ -176,12 +190,27 @@ def main(argv: list[str] | None = None) -> None:
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench_suite-", dir=args.workdir))
+    runs: dict[str, dict] = {}
     try:
         init, setup_seconds = setup(args, workdir)
         tasks = [task_yaml(workdir / f"{name}.yaml", name, Path(args.tasks_dir) / data, source, metrics, args)
                  for name, data, source, metrics in TASKS]
-        suite = bench_suite(tasks, init, args, workdir / "suite")
-        evaluation = bench_eval(tasks[0], workdir / "suite" / TASKS[0][0] / "model", args, workdir)
+        versions: list[tuple[str, Path | None]] = [("this tree", None)]
+        if args.before:
+            before = workdir / "before"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
+                           check=True, capture_output=True)
+            versions = [(f"before ({args.before})", before), ("after (this tree)", None)]
+        try:
+            for name, code in versions:
+                out = workdir / f"suite-{code.name if code else 'tree'}"
+                suite = bench_suite(tasks, init, args, out, code)
+                evaluation = bench_eval(tasks[0], out / TASKS[0][0] / "model", args, workdir, code)
+                runs[name] = {"suite": suite, "eval_throughput": evaluation}
+        finally:
+            if args.before:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(workdir / "before")],
+                               check=False, capture_output=True)
     finally:
         if args.keep:
             log.info("kept the setup and runs in %s", workdir)
@@ -192,27 +221,41 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nsuite: {len(TASKS)} tasks, {args.finetune_steps} fine-tune steps, {args.limit} examples, "
           f"M={args.decode_steps}, k={args.candidates}, {args.workers} worker(s) per task; local head, 2 CPUs; "
           f"{machine['cpu_model']}")
-    print(table(["task", "fine-tune s", "eval s", "fine-tune + eval s", "eval sources/s"],
-                [[r["task"], r["finetune_seconds"], r["eval_seconds"], r["finetune_seconds"] + r["eval_seconds"],
-                  r["sources_per_second"]] for r in suite["tasks"]]))
-    print()
-    print(table(["suite", "s"], [["wall-clock of `ardiff suite run`", suite["wall_seconds"]],
-                                 ["  task pipelines (max fine-tune + eval)", suite["pipelines_seconds"]],
-                                 ["  scheduling overhead (the rest)", suite["scheduling_overhead_seconds"]],
-                                 ["  of which Ray connect", suite["connect_seconds"]],
-                                 ["driver seconds (results.json)", suite["driver_seconds"]],
-                                 ["head start (not in the wall-clock)", suite["head_start_seconds"]]]))
+    for name, run in runs.items():
+        suite, evaluation = run["suite"], run["eval_throughput"]
+        print(f"\n== {name}")
+        print(table(["task", "fine-tune s", "eval s", "fine-tune + eval s", "eval sources/s"],
+                    [[r["task"], r["finetune_seconds"], r["eval_seconds"], r["finetune_seconds"] + r["eval_seconds"],
+                      r["sources_per_second"]] for r in suite["tasks"]]))
+        print()
+        print(table(["suite", "s"], [["wall-clock of `ardiff suite run`", suite["wall_seconds"]],
+                                     ["  task pipelines (max fine-tune + eval)", suite["pipelines_seconds"]],
+                                     ["  scheduling overhead (the rest)", suite["scheduling_overhead_seconds"]],
+                                     ["  of which Ray connect", suite["connect_seconds"]],
+                                     ["driver seconds (results.json)", suite["driver_seconds"]],
+                                     ["head start (not in the wall-clock)", suite["head_start_seconds"]]]))
+        print(f"\nevaluation throughput, {TASKS[0][0]}'s fine-tuned model, {args.limit} examples: `ardiff evaluate` "
+              f"processes run side by side (no Ray), one thread each; predict s: the slowest part's own seconds")
+        print(table(["workers", "examples", "wall s", "predict s", "sources/s", "sources/s wall"],
+                    [[r["workers"], r["examples"], r["wall_seconds"], r["predict_seconds"], r["sources_per_second"],
+                      r["sources_per_second_wall"]] for r in evaluation]))
+    if len(runs) == 2:
+        (old_name, old), (new_name, new) = runs.items()
+        print("\nside by side")
+        rows = [["suite wall-clock s", old["suite"]["wall_seconds"], new["suite"]["wall_seconds"]]]
+        for a, b in zip(old["suite"]["tasks"], new["suite"]["tasks"]):
+            rows += [[f"{a['task']} eval s (in the suite)", a["eval_seconds"], b["eval_seconds"]],
+                     [f"{a['task']} fine-tune s", a["finetune_seconds"], b["finetune_seconds"]]]
+        rows += [[f"evaluate sources/s, {a['workers']} process(es)", a["sources_per_second"], b["sources_per_second"]]
+                 for a, b in zip(old["eval_throughput"], new["eval_throughput"])]
+        print(table(["figure", old_name, new_name], rows))
     print(f"{OVERHEAD}\n")
-    print(f"evaluation throughput, {TASKS[0][0]}'s fine-tuned model, {args.limit} examples: `ardiff evaluate` "
-          f"processes run side by side (no Ray), one thread each; predict s: the slowest part's own seconds")
-    print(table(["workers", "examples", "wall s", "predict s", "sources/s", "sources/s wall"],
-                [[r["workers"], r["examples"], r["wall_seconds"], r["predict_seconds"], r["sources_per_second"],
-                  r["sources_per_second_wall"]] for r in evaluation]))
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    only = next(iter(runs.values()))
     out.write_text(json.dumps({"machine": machine, "args": vars(args), "setup_seconds": setup_seconds,
-                               "suite": suite, "eval_throughput": evaluation,
+                               **(only if len(runs) == 1 else {"runs": runs}),
                                "eval_method": "concurrent `ardiff evaluate --part I/N` subprocesses, "
                                               "OMP_NUM_THREADS=1"}, indent=2) + "\n")
     log.info("wrote %s", out)

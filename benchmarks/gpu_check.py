@@ -6,6 +6,7 @@
    step-time breakdown (data wait, forward+backward, optimizer) from the trainer's own accounting.
 3. The skipping sampler on the xsum preset at k = 50 candidates, M = 20 steps, source 512.
 4. The data path (`ardiff shards bench`) with the worker count training picks on the host, batches pinned.
+5. Ray Train on the GPU: `ardiff pretrain --ray` with one worker holding the GPU, on a local Ray head.
 
 Prints a table and writes JSON. `--cpu` runs every part on the CPU (gloo, fp32, small shapes) so the script
 is known to work up to the GPU-specific parts.
@@ -87,6 +88,35 @@ def preemption(work: Path, tok: Path, shards: Path, cpu: bool) -> dict:
             "ok": proc.returncode == 75 and stopped is not None and resumed and again.returncode == 0
             and sorted(steps) == list(range(1, total + 1)),
             "log_tail": (out[-1500:] if proc.returncode != 75 else "") + (again.stderr[-1500:] if again.returncode else "")}
+
+
+def ray_train(work: Path, tok: Path, shards: Path, cpu: bool) -> dict:
+    """`ardiff pretrain --ray` with one Ray Train worker holding the GPU, on a private local Ray head: the
+    path the suite's fine-tunes and multi-node pretraining take. The head's log names the device the worker
+    trained on (the MFU line's peak source)."""
+    from ardiff_scale.jobs.cluster import local_ray_env, start_local_head
+
+    run = work / "ray"
+    head = start_local_head(num_cpus=4, object_store_mb=500)
+    try:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [str(BIN / "ardiff"), "pretrain", "--ray", head.address, "--workers", "1", "--cpus-per-worker", "2",
+             "--gpus-per-worker", "0" if cpu else "1", "--recipe", "tiny-cpu", f"data.train={shards}",
+             f"data.tokenizer={tok}", "model.vocab_size=2000", f"train.output_dir={run}", "train.max_steps=60",
+             "train.log_every=10", "tracking.enabled=false", f"train.precision={'fp32' if cpu else 'bf16'}"],
+            capture_output=True, text=True, timeout=300, env=local_ray_env())
+        seconds = time.perf_counter() - started
+    finally:
+        head.stop()
+    log = done.stdout + done.stderr
+    peak = next((line.split("per device", 1)[-1].strip(" ()") for line in log.splitlines()
+                 if "MFU against a peak" in line), "?")
+    complete = run / "checkpoints" / "step00000060" / "COMPLETE"
+    return {"status": done.returncode, "seconds": seconds, "device": peak,
+            "world_size": json.loads(complete.read_text())["world_size"] if complete.exists() else None,
+            "steps_logged": len(_run_dir_losses(run)), "ok": done.returncode == 0 and complete.exists(),
+            "log_tail": log[-1500:] if done.returncode else ""}
 
 
 def training_step(cpu: bool) -> dict:
@@ -178,20 +208,22 @@ def main() -> int:
     results = {"device": device, "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="ardiff-gpu-check-") as tmp:
         work = Path(tmp)
-        say("1/5 tokenizer and shards from the bundled demo corpus")
+        say("1/6 tokenizer and shards from the bundled demo corpus")
         tok, shards = prepare_data(work)
-        say("2/5 tiny-recipe pretraining under deepspeed: SIGTERM at step 30, then the same command again")
+        say("2/6 tiny-recipe pretraining under deepspeed: SIGTERM at step 30, then the same command again")
         results["preemption"] = preemption(work, tok, shards, args.cpu)
         say(f"    {results['preemption']['exit_status_on_sigterm']=} {results['preemption']['checkpoint_at_sigterm']=}")
         for number, part in ((3, "step"), (4, "sampler")):
-            say(f"{number}/5 {'xsum training step' if part == 'step' else 'sampler k=50 M=20 on the xsum preset'}")
+            say(f"{number}/6 {'xsum training step' if part == 'step' else 'sampler k=50 M=20 on the xsum preset'}")
             # Its own process: a single-process job joins a world of one, which the first part's engine left.
             done = subprocess.run([sys.executable, __file__, "--part", part, *(["--cpu"] if args.cpu else [])],
                                   capture_output=True, text=True, env=env, timeout=300)
             results[part] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
                 "error": done.stderr[-2000:]}
-        say("5/5 the data path: ardiff shards bench, workers as training picks them")
+        say("5/6 the data path: ardiff shards bench, workers as training picks them")
         results["data"] = data_path(shards)
+        say("6/6 Ray Train: ardiff pretrain --ray with one GPU worker on a local Ray head")
+        results["ray"] = ray_train(work, tok, shards, args.cpu)
     p, s, d, r = results["preemption"], results["step"], results["sampler"], results["data"]
     rows = [("device", device),
             ("preemption: exit status on SIGTERM (want 75)", p["exit_status_on_sigterm"]),
@@ -217,13 +249,16 @@ def main() -> int:
                  ("  training-process CPU per batch", f"{r['main_cpu_ms_per_batch']:.3f} ms")]
     else:
         rows.append(("data path", "FAILED: " + r["error"][-300:]))
+    y = results["ray"]
+    rows += [("Ray Train: one worker, 60 tiny steps", f"exit {y['status']}, {y['seconds']:.0f} s, world size "
+              f"{y['world_size']}, {y['steps_logged']} steps logged"), ("  device the worker trained on", y["device"])]
     print("| check | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"\nJSON: {args.out}")
-    return 0 if p["ok"] and all("error" not in part for part in (s, d, r)) else 1
+    return 0 if p["ok"] and y["ok"] and all("error" not in part for part in (s, d, r)) else 1
 
 
 if __name__ == "__main__":

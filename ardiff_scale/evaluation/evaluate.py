@@ -1,8 +1,9 @@
 """`ardiff evaluate`: k candidates per source with the skipping sampler, MBR selection, metrics.
 
-Each source is sampled on its own, with noise seeded by (seed, example index), so predictions do not depend
-on batching or on how the test set is split over workers: worker i of n (`part=(i, n)`) takes examples
-i, i+n, i+2n, ... and the merged predictions equal one worker's.
+Sources are decoded `batch_sources` at a time on the model's device, but each source's noise is drawn from its
+own generator, seeded by (seed, example index), so predictions do not depend on batching or on how the test set
+is split over workers: worker i of n (`part=(i, n)`) takes examples i, i+n, i+2n, ... and the merged predictions
+equal one worker's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from ardiff_scale.config import Config
 from ardiff_scale.data.objectives import collate, seq2seq_example
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.decoding import decode
-from ardiff_scale.diffusion import NoiseSchedule, make_schedule
+from ardiff_scale.diffusion import NoiseSchedule, SamplerNoise, make_schedule, sample
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.evaluation.mbr import mbr_select
 from ardiff_scale.evaluation.metrics import (
@@ -31,37 +33,97 @@ from ardiff_scale.evaluation.metrics import (
 from ardiff_scale.evaluation.tasks import TaskSpec, load_task
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.io import write_bytes
+from ardiff_scale.model import AutoregressiveModel
 
 log = logging.getLogger("ardiff.evaluation")
+
+
+def example_seed(seed: int, index: int) -> int:
+    """The noise seed of example `index`: the same whichever batch or worker decodes it."""
+    return seed * 1_000_003 + index
+
+
+def resolve_device(device: str | None) -> str:
+    """`device`, or when None the GPU if there is one, else the CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sampler_noise(seeds: Sequence[int], candidates: int, steps: int, length: int, dim: int) -> SamplerNoise:
+    """The noise the sampler would draw for each source alone from `torch.Generator().manual_seed(seed)`.
+
+    Per source, in the sampler's order: x at the top of the schedule (k, length, dim), then one (k, length, dim)
+    draw per step. Stacked candidate-minor as `SamplerNoise` wants them: start (sources * k, length, dim) and
+    steps (M, sources * k, length, dim), float32 on the CPU, sources * k * (M + 1) * length * dim floats in all
+    (16 sources, k = 50, M = 20, length 54, dim 64: 0.23 GB). The sampler moves one step at a time to its device.
+    """
+    rows = len(seeds) * candidates
+    start = torch.empty(rows, length, dim)
+    per_step = torch.empty(steps, rows, length, dim)
+    for b, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(seed)
+        mine = slice(b * candidates, (b + 1) * candidates)
+        start[mine] = torch.randn(candidates, length, dim, generator=generator)
+        for m in range(steps):
+            per_step[m, mine] = torch.randn(candidates, length, dim, generator=generator)
+    return SamplerNoise(start=start, steps=per_step)
+
+
+def generate_batch(model, config: Config, tokenizer: Tokenizer, sources: Sequence[str], steps: int, candidates: int,
+                   seeds: Sequence[int], lengths: tuple[int, int] | None = None,
+                   schedule: NoiseSchedule | None = None, autocast_dtype: torch.dtype | None = None
+                   ) -> list[list[str]]:
+    """`candidates` texts for each of `sources`, in one sampler call on the model's device.
+
+    Source b's noise comes from `seeds[b]` alone (`sampler_noise`), so its texts are those it gets decoded on its
+    own, whatever the other sources of the call. Sources are padded to the source length, so every call of a task
+    has one shape. lengths: (source, target) tokens; default the model's data.source_len and data.target_len.
+    Memory: the noise is len(sources) * k * (M + 1) * length * embed_dim float32 on the CPU.
+    An autoregressive model takes no noise and gives one text per source, its best beam of width `candidates`.
+    """
+    if len(seeds) != len(sources):
+        raise ValueError(f"one seed per source (got {len(seeds)} seeds for {len(sources)} sources)")
+    source_len, target_len = lengths or (config.data.source_len, config.data.target_len)
+    specials = tokenizer.specials
+    batch = collate([seq2seq_example(tokenizer.encode(s), [], source_len, target_len, specials) for s in sources],
+                    target_len, source_len=source_len, specials=specials)
+    device = next(model.parameters()).device
+    src_ids, src_mask = batch["src_ids"].to(device), batch["src_mask"].to(device)
+    if isinstance(model, AutoregressiveModel):
+        tokens = decode(model, config, src_ids, src_mask, target_len, steps, candidates,
+                        autocast_dtype=autocast_dtype, specials=specials).tokens
+    else:
+        noise = sampler_noise(seeds, candidates, steps, target_len, model.embedding_weight().shape[1])
+        tokens = sample(model, src_ids, src_mask, target_len,
+                        schedule or make_schedule(config.diffusion.schedule, config.diffusion.num_steps),
+                        decode_steps=steps, num_candidates=candidates, form=config.diffusion.timestep_form,
+                        clamp=config.diffusion.clamp, autocast_dtype=autocast_dtype, noise=noise).tokens
+    return [[" ".join(tokenizer.decode(row.tolist()).split()) for row in rows] for rows in tokens.cpu()]
 
 
 def generate_candidates(model, config: Config, tokenizer: Tokenizer, source: str, steps: int, candidates: int,
                         seed: int, lengths: tuple[int, int] | None = None, schedule: NoiseSchedule | None = None,
                         autocast_dtype: torch.dtype | None = None) -> list[str]:
-    """`candidates` texts for one source, with noise seeded by `seed` alone (not by batch or position).
-
-    lengths: (source, target) tokens; default the model's data.source_len and data.target_len.
-    An autoregressive model gives one text, its best beam of width `candidates`.
-    """
-    source_len, target_len = lengths or (config.data.source_len, config.data.target_len)
-    specials = tokenizer.specials
-    batch = collate([seq2seq_example(tokenizer.encode(source), [], source_len, target_len, specials)], target_len,
-                    specials=specials)
-    out = decode(model, config, batch["src_ids"], batch["src_mask"], target_len, steps, candidates,
-                 generator=torch.Generator().manual_seed(seed), schedule=schedule, autocast_dtype=autocast_dtype,
-                 specials=specials)
-    return [" ".join(tokenizer.decode(row.tolist()).split()) for row in out.tokens[0]]
+    """`candidates` texts for one source, with noise seeded by `seed` alone: `generate_batch` of one source."""
+    return generate_batch(model, config, tokenizer, [source], steps, candidates, [seed], lengths, schedule,
+                          autocast_dtype)[0]
 
 
 def predict(task_name: str, model_dir: str, split: str = "test", limit: int | None = None,
             part: tuple[int, int] = (0, 1), steps: int | None = None, candidates: int | None = None,
-            seed: int = 0) -> list[dict]:
-    """Predictions for this worker's part of the split: one record per source, in example order."""
+            seed: int = 0, batch_sources: int = 16, device: str | None = None) -> list[dict]:
+    """Predictions for this worker's part of the split: one record per source, in example order.
+
+    batch_sources: sources per sampler call (1: one at a time); the candidates do not depend on it. The noise of
+    one call takes batch_sources * k * (M + 1) * target_len * embed_dim float32 of CPU memory.
+    device: where the model runs; None: "cuda" if there is a GPU, else "cpu".
+    """
+    if batch_sources < 1:
+        raise ConfigError(f"batch_sources (--batch-sources) must be >= 1 (got {batch_sources})")
     task = load_task(task_name)
     index, parts = part
     if not 0 <= index < parts:
         raise ConfigError(f"part must be i/n with 0 <= i < n (got {index}/{parts})")
-    model, config, tokenizer = load_model_dir(model_dir)
+    model, config, tokenizer = load_model_dir(model_dir, device=resolve_device(device))
     if task.lengths.source > config.model.max_source_len or task.lengths.target > config.model.max_target_len:
         raise ConfigError(f"task {task.name} lengths {task.lengths.source}/{task.lengths.target} exceed the model's "
                           f"{config.model.max_source_len}/{config.model.max_target_len}")
@@ -70,10 +132,15 @@ def predict(task_name: str, model_dir: str, split: str = "test", limit: int | No
     pairs = [p for i, p in enumerate(task.pairs(split)) if limit is None or i < limit]
     mine = [(i, p) for i, p in enumerate(pairs) if i % parts == index]
     records = []
-    for i, pair in tqdm(mine, desc=f"evaluate {task.name}", unit="source", dynamic_ncols=True):
-        texts = generate_candidates(model, config, tokenizer, pair.src, steps, k, seed * 1_000_003 + i,
-                                    lengths=(task.lengths.source, task.lengths.target), schedule=schedule)
-        records.append({"index": i, "id": pair.id, "src": pair.src, "refs": pair.refs, "candidates": texts})
+    with tqdm(total=len(mine), desc=f"evaluate {task.name}", unit="source", dynamic_ncols=True) as progress:
+        for start in range(0, len(mine), batch_sources):
+            chunk = mine[start:start + batch_sources]
+            texts = generate_batch(model, config, tokenizer, [pair.src for _, pair in chunk], steps, k,
+                                   [example_seed(seed, i) for i, _ in chunk],
+                                   lengths=(task.lengths.source, task.lengths.target), schedule=schedule)
+            records += [{"index": i, "id": pair.id, "src": pair.src, "refs": pair.refs, "candidates": found}
+                        for (i, pair), found in zip(chunk, texts)]
+            progress.update(len(chunk))
     for record, choice in zip(records, mbr_select([r["candidates"] for r in records])):
         record["prediction"] = record["candidates"][choice]
     return records
@@ -132,15 +199,20 @@ def write_results(output: Path, records: list[dict], metrics: dict, info: dict) 
 
 def evaluate(task_name: str, model_dir: str, output: str | None, split: str = "test", limit: int | None = None,
              part: tuple[int, int] = (0, 1), steps: int | None = None, candidates: int | None = None,
-             seed: int = 0) -> dict:
+             seed: int = 0, batch_sources: int = 16, device: str | None = None) -> dict:
+    """`predict`, then metrics, written to `output`; seconds and sources/s cover `predict` (model load, sampling
+    and MBR)."""
     task = load_task(task_name)
+    device = resolve_device(device)
     started = time.perf_counter()
-    records = predict(task_name, model_dir, split, limit, part, steps, candidates, seed)
+    records = predict(task_name, model_dir, split, limit, part, steps, candidates, seed, batch_sources, device)
     seconds = time.perf_counter() - started
     out = Path(output or f"runs/eval-{task.name}")
     info = {"task": task.name, "model": str(model_dir), "split": split, "examples": len(records),
-            "part": list(part), "seconds": round(seconds, 3), "steps": steps or task.decode.steps,
-            "candidates": candidates or task.decode.candidates}
+            "part": list(part), "seconds": round(seconds, 3),
+            "sources_per_second": round(len(records) / seconds, 3) if seconds > 0 else None,
+            "steps": steps or task.decode.steps, "candidates": candidates or task.decode.candidates,
+            "batch_sources": batch_sources, "device": device}
     metrics = score(task_name, records) if part[1] == 1 else {}
     if part[1] == 1 and len(records[0]["candidates"]) > 1:
         ordered = sorted(records, key=lambda r: r["index"])
@@ -148,6 +220,7 @@ def evaluate(task_name: str, model_dir: str, output: str | None, split: str = "t
                                   [r["src"] for r in ordered])
         info |= {"mean_of_k": scored["mean_of_k"], "oracle": scored["oracle"]}
     write_results(out, records, metrics, info)
-    log.info("%s: %d sources in %.1f s; %s -> %s", task.name, len(records), seconds,
+    log.info("%s: %d sources in %.1f s, %.2f sources/s (%d per call on %s); %s -> %s", task.name, len(records),
+             seconds, len(records) / max(seconds, 1e-9), batch_sources, device,
              ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) or "metrics after merging the parts", out)
     return {"metrics": metrics, **info}

@@ -93,13 +93,16 @@ class LocalHead:
 
 def start_local_head(port: int | None = None, dashboard_port: int | None = None, num_cpus: int = 2,
                      object_store_mb: int = 200, temp_dir: str | Path | None = None,
-                     timeout: float = 120.0, die_with_parent: bool = True) -> LocalHead:
+                     timeout: float = 120.0, die_with_parent: bool = True,
+                     env: dict[str, str] | None = None) -> LocalHead:
     """Start a Ray head bound to 127.0.0.1 and return once its job API answers.
 
     port: the GCS port; dashboard_port: the dashboard and job API port (both default to free ports).
     Every other port the head opens is also picked free, so two heads (two test sessions) can run side by side.
     temp_dir: Ray's session directory root; the default is a fresh short directory under /tmp (Ray's Unix
     socket paths must stay under ~100 characters), removed again by `stop()`.
+    env: extra environment of the head, which its workers (Ray Train's controller and workers among them)
+    inherit: how tests tune Ray's own timings.
     die_with_parent: on Linux, SIGTERM the head when this process dies without calling `stop()` (a test run
     killed from outside), so no head outlives the tests that started it. Linux ties this to the calling
     thread: call from a thread that lives as long as the head should (the main thread).
@@ -125,7 +128,7 @@ def start_local_head(port: int | None = None, dashboard_port: int | None = None,
     log_path = temp_dir / "ray-start.log"
     with open(log_path, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=local_ray_env(), start_new_session=True)
+                                   env={**local_ray_env(), **(env or {})}, start_new_session=True)
     head = LocalHead(address=f"{HOST}:{port}", dashboard_url=f"http://{HOST}:{dashboard_port}",
                      temp_dir=temp_dir, process=process, owns_temp_dir=owns_temp_dir)
     try:

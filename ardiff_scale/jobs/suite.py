@@ -1,5 +1,9 @@
 """`ardiff suite run`: per task, a fine-tune (Ray Train workers with DeepSpeed inside) then its evaluation
-(Ray tasks over parts of the test set), tasks concurrently as far as the cluster's CPUs allow.
+(Ray tasks over parts of the test set), tasks concurrently as far as the cluster's CPUs and GPUs allow.
+
+A task's `resources.gpus_per_worker` reserves GPUs for its fine-tune workers and evaluation parts when the
+cluster has GPUs (`--gpus auto`); on a CPU-only cluster the same task runs on CPU with gloo. The suite's
+`--output` must be on storage every node sees: it is checked before anything runs.
 
 A failed fine-tune worker is restarted by Ray Train (FailureConfig) and the job continues from its last
 complete checkpoint (`train.resume=auto` in the task's run directory, on storage every worker sees).
@@ -10,39 +14,62 @@ bar chart on the parent; each task's model registered as a pyfunc whose `predict
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ardiff_scale.errors import ConfigError
+from ardiff_scale.jobs.raytrain import (
+    check_shared_storage,
+    cluster_gpus,
+    connect,
+    enter_worker,
+    gpus_to_request,
+    scaling_config,
+    task_options,
+    worker_nodes,
+)
+
+if TYPE_CHECKING:
+    from ardiff_scale.evaluation.tasks import TaskResources
 
 log = logging.getLogger("ardiff.jobs")
 
 
 def _finetune_worker(cfg: dict) -> None:
     """Runs in each Ray Train worker: Ray has set up torch.distributed; DeepSpeed joins it."""
-    import ray.train
-
     from ardiff_scale.cli import setup_logging
     from ardiff_scale.train.finetune import finetune
 
-    context = ray.train.get_context()
-    os.environ.update(RANK=str(context.get_world_rank()), LOCAL_RANK=str(context.get_local_rank()),
-                      WORLD_SIZE=str(context.get_world_size()), OMP_NUM_THREADS=str(cfg["threads"]))
+    enter_worker(cfg["threads"])
     setup_logging()
     finetune(cfg["task"], cfg["init"], cfg["output"], [*cfg["overrides"], "train.resume=auto",
                                                       f"train.threads={cfg['threads']}"])
 
 
 def _eval_part(task: str, model_dir: str, index: int, parts: int, limit: int | None, seed: int) -> list[dict]:
+    """One evaluation task: on the GPU Ray gave it when it asked for one (predict picks CUDA when visible)."""
     from ardiff_scale.evaluation.evaluate import predict
     return predict(task, model_dir, "test", limit, (index, parts), seed=seed)
 
 
+def finetune_scaling(resources: TaskResources, gpus_per_worker: float):
+    """The fine-tune's Ray Train ScalingConfig: the task's workers and CPUs, and its GPUs when requested."""
+    return scaling_config(resources.workers, resources.cpus_per_worker, gpus_per_worker)
+
+
+def eval_options(resources: TaskResources, gpus_per_worker: float) -> dict[str, float]:
+    """`ray.remote` options of each evaluation part: the task's CPUs, and its GPUs when requested."""
+    return task_options(resources.cpus_per_worker, gpus_per_worker)
+
+
 def _run_task(task_name: str, init: str, root: str, overrides: list[str], limit: int | None, max_failures: int,
-              tracking_uri: str, experiment: str, parent_run_id: str, seed: int) -> dict:
+              tracking_uri: str, experiment: str, parent_run_id: str, seed: int, cluster_gpus: float,
+              gpu_policy: str) -> dict:
     """One task's pipeline, as a Ray task of its own so that tasks run side by side."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from ardiff_scale.evaluation.evaluate import score, write_results
@@ -52,6 +79,7 @@ def _run_task(task_name: str, init: str, root: str, overrides: list[str], limit:
     from ardiff_scale.train.finetune import task_shards
 
     task = load_task(task_name)
+    gpus = gpus_to_request(task.resources.gpus_per_worker, cluster_gpus, gpu_policy)
     out = Path(root) / task.name
     _, _, tokenizer = load_model_dir(init)
     for split in ("train", "valid"):  # once, here, not by every worker at the same time
@@ -63,8 +91,7 @@ def _run_task(task_name: str, init: str, root: str, overrides: list[str], limit:
     started = time.perf_counter()
     trainer = TorchTrainer(
         _finetune_worker, train_loop_config=cfg,
-        scaling_config=ScalingConfig(num_workers=task.resources.workers,
-                                     resources_per_worker={"CPU": task.resources.cpus_per_worker}),
+        scaling_config=finetune_scaling(task.resources, gpus),
         run_config=RunConfig(name=f"finetune-{task.name}", storage_path=str(Path(root).resolve() / "ray"),
                              failure_config=FailureConfig(max_failures=max_failures)))
     trainer.fit()
@@ -72,12 +99,13 @@ def _run_task(task_name: str, init: str, root: str, overrides: list[str], limit:
     model_dir = str(out / "model")
     started = time.perf_counter()
     parts = task.resources.workers
-    eval_remote = ray.remote(num_cpus=task.resources.cpus_per_worker)(_eval_part)
+    eval_remote = ray.remote(**eval_options(task.resources, gpus))(_eval_part)
     records = [r for part in ray.get([eval_remote.remote(task_name, model_dir, i, parts, limit, seed)
                                       for i in range(parts)]) for r in part]
     metrics = score(task_name, records)
     eval_seconds = time.perf_counter() - started
     info = {"task": task.name, "model": model_dir, "examples": len(records), "parts": parts,
+            "gpus_per_worker": gpus,
             "finetune_seconds": round(finetune_seconds, 2), "eval_seconds": round(eval_seconds, 2),
             "sources_per_second": round(len(records) / max(eval_seconds, 1e-9), 3)}
     write_results(out / "eval", records, metrics, info)
@@ -87,34 +115,45 @@ def _run_task(task_name: str, init: str, root: str, overrides: list[str], limit:
 
 
 def run_suite(tasks: Sequence[str], init: str, address: str | None, output: str, overrides: Sequence[str] = (),
-              limit: int | None = None, max_failures: int = 2, tracking_uri: str = "", seed: int = 0) -> dict:
+              limit: int | None = None, max_failures: int = 2, tracking_uri: str = "", seed: int = 0,
+              gpus: str = "auto") -> dict:
+    """gpus: "auto" gives tasks the GPUs they ask for when the cluster has GPUs, "always" even when none is up
+    yet (an autoscaler adds them), "never" runs everything on CPU."""
     import ray
 
     from ardiff_scale.evaluation.tasks import load_task
+    from ardiff_scale.tracking.mlflow_tracker import resolve_tracking_uri
     from ardiff_scale.tracking.registry import SuiteRun
 
     specs = [load_task(t) for t in tasks]  # every task validated before anything runs
+    gpus_to_request(0, 0, gpus)  # and the policy
+    if "://" in output:
+        # Task shards, fine-tuned models and evaluation read their files by path.
+        raise ConfigError(f"--output {output}: a suite writes to a filesystem path every node mounts (NFS, "
+                          "Lustre, EFS); object storage is for pretraining's train.output_dir")
     root = Path(output).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    from ardiff_scale.tracking.mlflow_tracker import resolve_tracking_uri
-    tracking_uri = resolve_tracking_uri(tracking_uri, root)
-    experiment = f"ardiff-suite-{root.name}"
-    suite_run = SuiteRun(tracking_uri, experiment, [s.name for s in specs], init)
     started = time.perf_counter()
-    loopback = address is None or address.split("://")[-1].startswith(("127.", "localhost"))
-    # A loopback head: this driver must register on 127.0.0.1 too, or Ray picks the machine's public address.
-    ray.init(address=address, log_to_driver=True, _node_ip_address="127.0.0.1" if loopback else None,
-             runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-                                       "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})
-    connected = time.perf_counter() - started
-    run_task = ray.remote(num_cpus=0, max_retries=0)(_run_task)
+    connect(address)
     try:
-        futures = [run_task.remote(s.name if not s.path else s.path, init, str(root), list(overrides), limit,
-                                   max_failures, tracking_uri, experiment, suite_run.run_id, seed) for s in specs]
-        results = ray.get(futures)
-    except Exception:
-        suite_run.finish([], time.perf_counter() - started, connected, root, status="FAILED")
-        raise
+        nodes = worker_nodes()
+        # Shards, checkpoints, models and results go under `root` from whichever node a task lands on.
+        check_shared_storage(str(root), "the suite's --output")
+        tracking_uri = resolve_tracking_uri(tracking_uri, root, nodes=len(nodes))
+        available_gpus = cluster_gpus()
+        if gpus == "auto" and not available_gpus and any(s.resources.gpus_per_worker for s in specs):
+            log.info("the cluster has no GPU: tasks run on CPU (--gpus always waits for GPU nodes instead)")
+        experiment = f"ardiff-suite-{root.name}"
+        suite_run = SuiteRun(tracking_uri, experiment, [s.name for s in specs], init)
+        connected = time.perf_counter() - started
+        run_task = ray.remote(num_cpus=0, max_retries=0)(_run_task)
+        try:
+            futures = [run_task.remote(s.name if not s.path else s.path, init, str(root), list(overrides), limit,
+                                       max_failures, tracking_uri, experiment, suite_run.run_id, seed,
+                                       available_gpus, gpus) for s in specs]
+            results = ray.get(futures)
+        except Exception:
+            suite_run.finish([], time.perf_counter() - started, connected, root, status="FAILED")
+            raise
     finally:
         ray.shutdown()
     total = time.perf_counter() - started

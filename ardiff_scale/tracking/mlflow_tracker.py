@@ -14,25 +14,52 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from ardiff_scale.errors import ConfigError
 
 log = logging.getLogger("ardiff.tracking")
 
 _TAKE = 200  # metric batches sent in one delivery
+RUN_ID_FILE = "mlflow-run-id"  # in a run directory: the MLflow run that a resumed job continues
 
 
-def resolve_tracking_uri(configured: str, run_dir: Path) -> str:
-    """The config's URI, else MLFLOW_TRACKING_URI, else a SQLite store in the run directory."""
-    if configured:
-        return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+def served(tracking_uri: str) -> bool:
+    """Whether the store is a tracking server, which owns where artifacts go (its `--serve-artifacts` proxy
+    or its configured root), rather than a database or directory this process writes itself."""
+    return urlparse(tracking_uri).scheme in ("http", "https", "databricks")
+
+
+def resolve_tracking_uri(configured: str, run_dir: Path, nodes: int = 1, warn: bool = True) -> str:
+    """The config's URI, else MLFLOW_TRACKING_URI, else a SQLite store in the run directory: that default
+    only for a job on one node. `warn`: log the multi-node local-store warning (rank 0 only, not once per
+    rank). Raises ConfigError for a job on several nodes without a URI."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        if nodes > 1:
+            # Jobs on several nodes (and several such jobs) must not share one SQLite file: its locking
+            # does not hold over NFS and the like, and a run directory on one node's disk is not shared.
+            raise ConfigError(
+                f"this job runs on {nodes} nodes and no MLflow tracking server is given: start one "
+                "(cluster/start-local.sh starts one on port 5000) and give tracking.tracking_uri=http://HOST:5000 "
+                "or set MLFLOW_TRACKING_URI=http://HOST:5000; tracking.enabled=false trains without tracking")
+        return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+    if nodes > 1 and not served(uri) and warn:
+        log.warning("MLflow store %s with %d nodes: only rank 0 writes it, but it must be on storage that "
+                    "outlives this node (a tracking server is the safer choice)", uri, nodes)
+    return uri
 
 
 class MLflowTracker:
+    """`artifact_root`: where a store without a server keeps the artifacts of a new experiment (an http(s)
+    server's own artifact store decides instead). `run_id`: an earlier run to continue (a resumed job),
+    when it exists in this store; `on_start(run_id)` is told the run's id once it is created or continued,
+    from the delivery thread."""
+
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: Path | None = None,
-                 buffer: int = 200_000, max_backoff: float = 30.0, parent_run_id: str = ""):
+                 buffer: int = 200_000, max_backoff: float = 30.0, parent_run_id: str = "",
+                 run_id: str | None = None, on_start: Callable[[str], None] | None = None):
         # Fail fast inside the client; the thread does the retrying, without blocking training.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -42,6 +69,8 @@ class MLflowTracker:
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.artifact_root = artifact_root
         self.parent_run_id = parent_run_id
+        self.resume_run_id, self.on_start = run_id, on_start
+        self.continued = False  # logging to an earlier run
         self.buffer, self.max_backoff = buffer, max_backoff
         self.queue: deque[tuple[str, Any]] = deque()
         self.lock = threading.Condition()
@@ -99,15 +128,51 @@ class MLflowTracker:
 
     # --- the delivery thread ----------------------------------------------------------------------------
     def _start_run(self) -> None:
-        experiment = self.client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
-            experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        self.continued = bool(self.resume_run_id) and self._continue_run(self.resume_run_id)
+        if self.continued:
+            run_id = self.resume_run_id
+            log.info("MLflow run %s continued at %s", run_id, self.tracking_uri)
         else:
-            experiment_id = experiment.experiment_id
-        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
-        self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
-        log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self.tracking_uri)
+            experiment_id = self._experiment_id()
+            tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
+            run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            log.info("MLflow run %s in experiment %r at %s", run_id, self.experiment, self.tracking_uri)
+        self.run_id = run_id
+        if self.on_start:
+            try:
+                self.on_start(run_id)
+            except Exception as err:  # not a delivery failure: retrying would start another run
+                log.warning("could not record the MLflow run id %s: %s", run_id, err)
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            if served(self.tracking_uri) and experiment.artifact_location.startswith(("file:", "/")):
+                log.warning("experiment %r keeps artifacts at %s, a path on whichever machine logs them, not "
+                            "in the server's artifact store: use a new tracking.experiment", self.experiment,
+                            experiment.artifact_location)
+            return experiment.experiment_id
+        # A server's artifact proxy (mlflow-artifacts:/...) is reachable from every node; a local directory
+        # given to it would send each artifact to the disk of the process that logs it.
+        local = self.artifact_root and not served(self.tracking_uri)
+        location = self.artifact_root.resolve().as_uri() if local else None
+        return self.client.create_experiment(self.experiment, artifact_location=location)
+
+    def _continue_run(self, run_id: str) -> bool:
+        """Mark an earlier run RUNNING again; False when this store has no such (live) run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # the store is unreachable: retried, never answered with a second run
+            log.warning("MLflow run %s is not in %s: starting a new run", run_id, self.tracking_uri)
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        return True
 
     def _send(self, items: list[tuple[str, Any]]) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -120,7 +185,8 @@ class MLflowTracker:
             for start in range(0, len(metrics), 1000):  # the REST API takes at most 1000 per call
                 self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000], synchronous=True)
         elif kind == "params":
-            params = [Param(k, v) for k, v in items[0][1].items()]
+            logged = self.client.get_run(self.run_id).data.params if self.continued else {}
+            params = [Param(k, v) for k, v in self._new_params(items[0][1], logged).items()]
             for start in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[start:start + 100], synchronous=True)
         elif kind == "tags":
@@ -131,6 +197,16 @@ class MLflowTracker:
                 self.client.log_artifact(self.run_id, path, artifact_path)
         elif kind == "end":
             self.client.set_terminated(self.run_id, items[0][1])
+
+    @staticmethod
+    def _new_params(params: dict[str, str], logged: dict[str, str]) -> dict[str, str]:
+        """The params not logged yet. MLflow refuses to change a logged param, and a refused batch would be
+        retried forever; a resumed job may change some (train.max_steps), and its config artifact has them."""
+        changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+        if changed:
+            log.warning("the continued MLflow run keeps its first values of %s (changed on resume: see the "
+                        "config/config.yaml artifact)", ", ".join(changed))
+        return {k: v for k, v in params.items() if k not in logged}
 
     def _take(self) -> list[tuple[str, Any]]:
         """The next delivery: consecutive metric batches together, anything else alone."""

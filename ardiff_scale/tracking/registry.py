@@ -13,24 +13,30 @@ from mlflow.tracking import MlflowClient
 
 class ARDiffusionPyfunc(mlflow.pyfunc.PythonModel):
     """predict(DataFrame with a "source" column, or a list of strings) -> generated texts, one per source,
-    with the skipping sampler (M and k from the model's config; k > 1 picks by MBR)."""
+    with the skipping sampler (M and k from the model's config; k > 1 picks by MBR). On the GPU when the
+    serving host has one; BATCH sources per sampler call, each with its own noise seeded by its position in
+    the input, so the outputs are those of one source at a time."""
+
+    BATCH = 16
 
     def load_context(self, context) -> None:
+        from ardiff_scale.evaluation.evaluate import resolve_device
         from ardiff_scale.export import load_model_dir
-        self.model, self.config, self.tokenizer = load_model_dir(context.artifacts["model_dir"])
+        self.model, self.config, self.tokenizer = load_model_dir(context.artifacts["model_dir"],
+                                                                 device=resolve_device(None))
 
     def predict(self, context, model_input, params=None):
-        from ardiff_scale.evaluation.evaluate import generate_candidates
+        from ardiff_scale.evaluation.evaluate import generate_batch
         from ardiff_scale.evaluation.mbr import mbr_select
 
-        sources = list(model_input["source"]) if hasattr(model_input, "columns") else list(model_input)
+        sources = [str(s) for s in (model_input["source"] if hasattr(model_input, "columns") else model_input)]
         diffusion = self.config.diffusion
-        outputs = []
-        for i, text in enumerate(sources):
-            texts = generate_candidates(self.model, self.config, self.tokenizer, str(text), diffusion.decode_steps,
-                                        diffusion.num_candidates, seed=i)
-            outputs.append(texts[mbr_select([texts])[0]])
-        return outputs
+        candidates = []
+        for start in range(0, len(sources), self.BATCH):
+            part = sources[start:start + self.BATCH]
+            candidates += generate_batch(self.model, self.config, self.tokenizer, part, diffusion.decode_steps,
+                                         diffusion.num_candidates, seeds=range(start, start + len(part)))
+        return [texts[choice] for texts, choice in zip(candidates, mbr_select(candidates))]
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:

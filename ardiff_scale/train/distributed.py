@@ -9,6 +9,7 @@ The default group stays exactly what DeepSpeed created; on CPU (gloo) the defaul
 from __future__ import annotations
 
 import secrets
+import socket
 from typing import Any
 
 import torch
@@ -45,6 +46,15 @@ def broadcast_from_main(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0, group=control_group())
     return box[0]
+
+
+def node_names() -> list[str]:
+    """Collective: the hostname of every rank, in rank order (this host alone when not distributed)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [socket.gethostname()]
+    names: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(names, socket.gethostname(), group=control_group())
+    return names
 
 
 def raise_together(error: Exception | None) -> None:

@@ -66,7 +66,7 @@ def _check_inputs(config: Config) -> Tokenizer:
 # A resumed run may change how long it trains, how often it logs or saves, where it reports; not what it trains.
 RESUME_FIXED = ("model.", "diffusion.num_steps", "diffusion.schedule", "diffusion.timestep_form", "train.seed")
 # Differences that never matter when a run directory is reused.
-IGNORED = ("train.resume", "train.threads", "train.staging_dir", "train.output_dir", "tracking.")
+IGNORED = ("train.resume", "train.threads", "train.staging_dir", "train.output_dir", "tracking.", "ray.")
 
 
 def config_differences(saved: Config, current: Config) -> dict[str, tuple]:
@@ -197,9 +197,9 @@ def run_pretraining(config: Config, time_budget: float | None = None,
     checkpointer = Checkpointer(run.checkpoints)
     callbacks.append(checkpointer)
     tracker = None
-    if config.tracking.enabled and rank == 0:
-        tracker, tracking = _mlflow(config, run)
-        callbacks.append(tracking)
+    if config.tracking.enabled:  # on every rank: system metrics and the node count are collective
+        tracker, tracking = _mlflow(config, run, rank, resuming=bool(tag))
+        callbacks += tracking
 
     torch.manual_seed(train.seed)  # the same initial weights on every rank and in every run
     model = build_model(config.model)
@@ -247,19 +247,35 @@ def run_pretraining(config: Config, time_budget: float | None = None,
                           tracker.tracking_uri if tracker else None, infill=samples.scores)
 
 
-def _mlflow(config: Config, run: RunDir):
-    """The MLflow tracker and its callback (rank 0). Imported here, not at the top: tracking/ imports train/."""
+def _mlflow(config: Config, run: RunDir, rank: int, resuming: bool):
+    """Collective: this rank's tracking callbacks, and rank 0's MLflow tracker (None elsewhere). Every rank
+    samples its node's system metrics for rank 0. A resumed job continues the MLflow run whose id rank 0
+    saved in the run directory. Imported here, not at the top: tracking/ imports train/."""
     from ardiff_scale.tracking.callback import MLflowLogging
-    from ardiff_scale.tracking.mlflow_tracker import MLflowTracker, resolve_tracking_uri
+    from ardiff_scale.tracking.mlflow_tracker import RUN_ID_FILE, MLflowTracker, resolve_tracking_uri
+    from ardiff_scale.tracking.system_metrics import SystemMetrics
+    from ardiff_scale.train.distributed import node_names
 
-    out = run.local
-    tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, out)
+    hosts = node_names()
+    nodes = sorted(set(hosts))
+    error, tracking_uri = None, ""
+    try:
+        tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, run.local, len(nodes), warn=rank == 0)
+    except ConfigError as err:
+        error = err
+    raise_together(error)  # each rank decides alike; this keeps them together even if their environments differ
+    system = SystemMetrics(samples_node=hosts.index(hosts[rank]) == rank)  # one rank per node
+    if rank != 0:
+        return None, [system]
     experiment = config.tracking.experiment or f"ardiff-{Path(config.recipe).stem if config.recipe else 'pretrain'}"
     tracker = MLflowTracker(tracking_uri, experiment, config.tracking.run_name or Path(run.url).name,
-                            artifact_root=out / "mlartifacts", parent_run_id=config.tracking.parent_run_id)
+                            artifact_root=run.local / "mlartifacts", parent_run_id=config.tracking.parent_run_id,
+                            run_id=run.read_text(RUN_ID_FILE) if resuming else None,
+                            on_start=lambda run_id: run.write_text(run_id, RUN_ID_FILE))
     manifest = Path(config.data.train) / "manifest.json"
     artifacts = [p for p in (Path(config.data.tokenizer + ".json"), manifest) if p.exists()]
-    return tracker, MLflowLogging(tracker, artifacts)
+    # MLflowLogging before SystemMetrics: a window's training row is logged before the node metrics of it.
+    return tracker, [MLflowLogging(tracker, artifacts, tags={"nodes": ",".join(nodes)}), system]
 
 
 def _load_init_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], rank: int) -> None:

@@ -1,0 +1,257 @@
+"""Training on a Ray cluster: the pieces the suite's fine-tunes and `ardiff pretrain --ray` share.
+
+Ray Train's `TorchTrainer` places `workers` processes anywhere on the cluster, sets up torch.distributed among
+them (nccl with GPUs, gloo without) and restarts them all when one fails (`FailureConfig`). Each worker runs
+the same `run_pretraining` as the `deepspeed` launcher's ranks: DeepSpeed joins the process group Ray made,
+checkpoints go to `train.output_dir` and a restarted worker group resumes from the newest complete one
+(`train.resume=auto`). So a Ray run and a `deepspeed` run of one config write the same run directory and
+the same MLflow run contents.
+
+What every node must share is checked before anything starts (`check_shared_storage`): a local path is
+written on the driver and read back by a task pinned to each node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ardiff_scale.config import Config
+from ardiff_scale.errors import ArdiffError, ConfigError
+from ardiff_scale.jobs.environment import describe, travelling_environment
+
+log = logging.getLogger("ardiff.jobs")
+
+GPU_POLICIES = ("auto", "always", "never")
+
+
+# --- resources ------------------------------------------------------------------------------------------
+def gpus_to_request(asked: float, cluster_gpus: float, policy: str = "auto") -> float:
+    """GPUs per worker to reserve: what was asked, when the cluster has GPUs ("auto"), always or never.
+
+    "auto" looks at the GPUs the cluster has now; on an autoscaling cluster whose GPU nodes are scaled to
+    zero that is none, and "always" is the way to ask for them anyway (the autoscaler then adds a node).
+    """
+    if policy not in GPU_POLICIES:
+        raise ConfigError(f"GPU policy must be one of {', '.join(GPU_POLICIES)} (got {policy!r})")
+    if policy == "never" or asked <= 0:
+        return 0.0
+    if policy == "auto" and cluster_gpus <= 0:
+        return 0.0
+    return float(asked)
+
+
+def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float):
+    """Ray Train's ScalingConfig: `use_gpu` and a GPU resource per worker exactly when GPUs are requested
+    (then Ray Train hands each worker its device and NCCL is the backend)."""
+    from ray.train import ScalingConfig
+
+    resources: dict[str, float] = {"CPU": cpus_per_worker}
+    if gpus_per_worker > 0:
+        resources["GPU"] = gpus_per_worker
+    return ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def task_options(cpus: float, gpus: float) -> dict[str, float]:
+    """`ray.remote` options for one task (an evaluation part)."""
+    return {"num_cpus": cpus, "num_gpus": gpus} if gpus > 0 else {"num_cpus": cpus}
+
+
+# --- inside a worker --------------------------------------------------------------------------------------
+def enter_worker(threads: int) -> None:
+    """Make a Ray Train worker look like a launcher's rank to the trainer.
+
+    LOCAL_RANK is the index of the CUDA device Ray Train gave this worker among those it sees: DeepSpeed and
+    `train.engine.device` pick the device by LOCAL_RANK, and Ray's assignment is the one that is right (it
+    narrows CUDA_VISIBLE_DEVICES to the node's workers' GPUs). The accelerator follows the hardware.
+    """
+    import ray.train
+    import torch
+
+    context = ray.train.get_context()
+    local_rank = context.get_local_rank()
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        local_rank = ray.train.torch.get_device().index or 0
+    os.environ.update(RANK=str(context.get_world_rank()), LOCAL_RANK=str(local_rank),
+                      WORLD_SIZE=str(context.get_world_size()),
+                      LOCAL_WORLD_SIZE=str(context.get_local_world_size()), OMP_NUM_THREADS=str(threads),
+                      DS_ACCELERATOR="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pretrain_worker(cfg: dict[str, Any]) -> None:
+    from ardiff_scale.cli import setup_logging
+    from ardiff_scale.train.pretrain import run_pretraining
+
+    enter_worker(cfg["threads"])
+    setup_logging()
+    run_pretraining(cfg["config"])
+
+
+# --- the driver -------------------------------------------------------------------------------------------
+def connect(address: str | None, env: dict[str, str] | None = None) -> None:
+    """ray.init, with the variables remote ranks need (environment.py) in the job's runtime environment."""
+    import ray
+
+    target = os.environ.get("RAY_ADDRESS", "") if address in (None, "", "auto") else address
+    # A loopback head: this driver must register on 127.0.0.1 too, or Ray picks the machine's public address.
+    loopback = target.split("://")[-1].startswith(("127.", "localhost"))
+    travelling = {**travelling_environment(), **(env or {})}
+    log.info("connecting to Ray at %s; passing to workers: %s", address or "a new local instance",
+             describe(travelling))
+    ray.init(address=address or None, log_to_driver=True, _node_ip_address="127.0.0.1" if loopback else None,
+             runtime_env={"env_vars": travelling} if travelling else None)
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def worker_nodes() -> list[dict]:
+    """The alive nodes that can run work (some CPU or GPU), as ray.nodes() describes them."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive") and (n["Resources"].get("CPU", 0) > 0
+                                                         or n["Resources"].get("GPU", 0) > 0)]
+
+
+def _read_back(path: str) -> tuple[str, str]:
+    import socket
+
+    try:
+        return socket.gethostname(), Path(path).read_text()
+    except OSError as err:
+        return socket.gethostname(), f"ERROR {type(err).__name__}: {err}"
+
+
+def blind_nodes(readings: dict[str, tuple[str, str]], token: str) -> list[str]:
+    """The nodes whose reading of the probe file ({node address: (hostname, what it read)}) is not `token`,
+    described for an error message."""
+    blind = []
+    for address, (host, seen) in readings.items():
+        if seen != token:
+            what = seen if seen.startswith("ERROR") else "another file"
+            blind.append(f"{host} ({address}): {what}")
+    return blind
+
+
+def check_shared_storage(location: str, what: str, timeout: float = 120.0) -> None:
+    """Refuse a local `location` that some node of the cluster cannot see.
+
+    A URL (s3://, gs://, http://...) is reached through fsspec from anywhere and needs no check. A path is
+    written here with a random token, then read back by a zero-CPU task pinned to each alive node; a node
+    that sees another file or none fails the check, naming the node.
+    """
+    if "://" in location and not location.startswith("file://"):
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    root = Path(location.removeprefix("file://")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    probe = root / f".ardiff-shared-{token[:8]}"
+    probe.write_text(token)
+    try:
+        nodes = worker_nodes()
+        reader = ray.remote(num_cpus=0, max_retries=0)(_read_back)
+        futures = {node["NodeManagerAddress"]: reader.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(probe))
+            for node in nodes}
+        started = time.monotonic()
+        readings = {address: ray.get(future, timeout=max(1.0, timeout - (time.monotonic() - started)))
+                    for address, future in futures.items()}
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = blind_nodes(readings, token)
+    if blind:
+        raise ArdiffError(f"{what} {root} is not shared by every node of the Ray cluster: {'; '.join(blind)}. "
+                          f"Put it on a filesystem all nodes mount at the same path (NFS, Lustre, EFS...) or "
+                          f"give an object-store URL (s3://bucket/path)")
+    log.info("%s %s is visible from all %d node(s)", what, root, len(futures))
+
+
+@dataclass
+class RayRun:
+    """What `pretrain_on_ray` returns: where the run went and how long it took."""
+
+    output_dir: str
+    workers: int
+    gpus_per_worker: float
+    seconds: float
+
+
+_PATH_FIELDS = (("data", "train"), ("data", "valid"), ("data", "tokenizer"), ("train", "output_dir"),
+                ("train", "staging_dir"), ("train", "resume"), ("ray", "storage_path"))
+
+
+def absolute_paths(config: Config) -> Config:
+    """The config with its local relative paths made absolute: workers start in directories of Ray's
+    choosing, on other machines; a path means what it meant where the command was typed."""
+    sections = {}
+    for section, name in _PATH_FIELDS:
+        value = getattr(getattr(config, section), name)
+        if value and "://" not in value and value not in ("auto", "never") and not Path(value).is_absolute():
+            sections.setdefault(section, {})[name] = str(Path(value).resolve())
+    return replace(config, **{s: replace(getattr(config, s), **fields) for s, fields in sections.items()})
+
+
+def pretrain_on_ray(config: Config) -> RayRun:
+    """Run `run_pretraining(config)` in `config.ray.workers` Ray Train workers and wait for the end.
+
+    A failure of any worker restarts the whole group (up to `ray.max_failures` times), which resumes from the
+    newest complete checkpoint. Raises ArdiffError when the run fails for good.
+    """
+    import ray
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    config = absolute_paths(config)
+    rc = config.ray
+    if config.train.resume == "never":
+        raise ConfigError("train.resume=never cannot run on Ray: a restarted worker group must resume from the "
+                          "last checkpoint. Use train.resume=auto (the default) with a new train.output_dir")
+    connect(rc.address)
+    try:
+        # Asked for explicitly, so asked for even when no GPU is up now: an autoscaler may add GPU nodes.
+        gpus = gpus_to_request(rc.gpus_per_worker, cluster_gpus(), "always")
+        if gpus > 0 and cluster_gpus() == 0:
+            log.warning("ray.gpus_per_worker=%g but the cluster has no GPU now: the workers wait until an "
+                        "autoscaler adds GPU nodes (ray.gpus_per_worker=0 trains on CPU)", gpus)
+        nodes = worker_nodes()
+        if len(nodes) > 1:
+            check_shared_storage(config.train.output_dir, "train.output_dir")
+        storage = rc.storage_path or _join(config.train.output_dir, "ray")
+        threads = config.train.threads or max(1, int(rc.cpus_per_worker))
+        trainer = TorchTrainer(
+            _pretrain_worker, train_loop_config={"config": config, "threads": threads},
+            scaling_config=scaling_config(rc.workers, rc.cpus_per_worker, gpus),
+            run_config=RunConfig(name=f"pretrain-{Path(config.train.output_dir).name}", storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=rc.max_failures)))
+        log.info("pretraining on Ray: %d worker(s) x (%g CPU, %g GPU) on %d node(s); run directory %s",
+                 rc.workers, rc.cpus_per_worker, gpus, len(nodes), config.train.output_dir)
+        started = time.perf_counter()
+        try:
+            trainer.fit()
+        except Exception as err:  # Ray wraps the workers' errors; the first line names the cause
+            raise ArdiffError(f"pretraining on Ray failed after {rc.max_failures} restart(s) at most: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}. "
+                              f"The workers' logs are above; the run directory is {config.train.output_dir}"
+                              ) from err
+        seconds = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    log.info("pretraining on Ray finished in %.1f s: %s", seconds, config.train.output_dir)
+    return RayRun(config.train.output_dir, rc.workers, gpus, seconds)
+
+
+def _join(location: str, name: str) -> str:
+    return f"{location.rstrip('/')}/{name}" if "://" in location else str(Path(location).resolve() / name)
