@@ -16,11 +16,15 @@ EPILOG = """Overrides are section.field=value pairs applied on top of the recipe
 Recipes: a YAML path, or the name of one shipped in ardiff_scale/recipes."""
 
 
-def setup_logging() -> None:
-    """INFO on rank 0, warnings only on the other ranks, every line tagged with its rank."""
+def setup_logging(replace: bool = False) -> None:
+    """INFO on rank 0, warnings only on the other ranks, every line tagged with its rank.
+
+    replace: drop the handlers a host process installed first (a Ray worker's), which would otherwise keep
+    every rank's INFO lines, untagged."""
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        force=replace)
 
 
 def add_recipe_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -260,9 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, help="candidates k (default: the task's)")
     p.add_argument("--part", default="0/1", help="I/N: this worker's share of the examples (default 0/1)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--batch-sources", type=int, default=16, metavar="N",
+    p.add_argument("--batch-sources", type=int, metavar="N",
                    help="sources per sampler call, on the GPU when there is one; the predictions do not depend "
-                        "on it, 1 decodes one at a time (default 16)")
+                        "on it, 1 decodes one at a time (default: about 16 sampler rows per call on a CPU, 1024 "
+                        "on a GPU, i.e. 16 // k or 1024 // k sources, at most 64)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reproduce", help="the paper's claims at small scale: train three systems, sweep M and k",

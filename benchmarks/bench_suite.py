@@ -80,15 +80,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def ardiff(*args: str, env: dict | None = None, log_to: Path | None = None):
+def ardiff(*args: str, env: dict | None = None, log_to: Path | None = None, cwd: Path | None = None):
     """`ardiff ARGS` with one thread per process, as the tests run it. With `log_to`: started, not waited for,
-    its output going to that file (a full pipe nobody reads cannot stall it)."""
+    its output going to that file (a full pipe nobody reads cannot stall it). cwd: where it runs (a Ray driver's
+    directory is put on its workers' sys.path, ahead of PYTHONPATH)."""
     command = [str(ARDIFF), *args]
     env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
     if log_to:
         with open(log_to, "wb") as f:
-            return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
-    out = subprocess.run(command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    out = subprocess.run(command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         cwd=cwd)
     if out.returncode:
         sys.exit(f"`ardiff {' '.join(args[:2])}` failed ({out.returncode}):\n{out.stdout[-4000:]}")
     return out
@@ -108,8 +110,10 @@ resources: {{workers: {args.workers}, cpus_per_worker: 1}}
     return path
 
 
-def setup(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict]:
-    """Tokenizer, shards and a pretrained tiny model; returns its model folder and the seconds of each step."""
+def setup(args: argparse.Namespace, workdir: Path, code: Path | None = None) -> tuple[Path, dict]:
+    """Tokenizer, shards and a pretrained tiny model; returns its model folder and the seconds of each step.
+    code: the package that pretrains it (the older one of a comparison: newer code reads older model folders,
+    not always the reverse)."""
     seconds, start = {}, time.perf_counter()
     documents = list(islice(read_documents(args.corpus), args.documents))
     tokenizer = train_tokenizer(documents, TokenizerOptions(vocab_size=1000, model_type="bpe"))
@@ -120,7 +124,8 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict]:
     seconds["shards"], start = time.perf_counter() - start, time.perf_counter()
     log.info("pretraining the init model, %d steps", args.pretrain_steps)
     ardiff("pretrain", f"data.train={workdir / 'shards'}", f"data.tokenizer={workdir / 'tok.model'}",
-           f"train.output_dir={workdir / 'pretrain'}", f"train.max_steps={args.pretrain_steps}", *TINY)
+           f"train.output_dir={workdir / 'pretrain'}", f"train.max_steps={args.pretrain_steps}", *TINY,
+           env={**os.environ, **code_env(code)}, cwd=code)
     seconds["pretrain"] = time.perf_counter() - start
     return workdir / "pretrain" / "model", seconds
 
@@ -141,7 +146,7 @@ def bench_suite(tasks: list[Path], init: Path, args: argparse.Namespace, out: Pa
         start = time.perf_counter()
         ardiff("suite", "run", "--tasks", ",".join(map(str, tasks)), "--init", str(init), "--address",
                head.address, "--output", str(out), "--limit", str(args.limit),
-               env={**local_ray_env(), **code_env(code)})
+               env={**local_ray_env(), **code_env(code)}, cwd=code)
         wall = time.perf_counter() - start
     finally:
         head.stop()
@@ -170,13 +175,13 @@ def bench_eval(task: Path, model: Path, args: argparse.Namespace, workdir: Path,
         start = time.perf_counter()
         procs = [ardiff("evaluate", "--task", str(task), "--checkpoint", str(model), "--limit", str(args.limit),
                         "--part", f"{i}/{workers}", "--output", str(o), log_to=o.with_suffix(".log"),
-                        env={**os.environ, **code_env(code)})
+                        env={**os.environ, **code_env(code)}, cwd=code)
                  for i, o in enumerate(outs)]
-        codes = [p.wait() for p in procs]
+        statuses = [p.wait() for p in procs]
         wall = time.perf_counter() - start
-        for code, o in zip(codes, outs):
-            if code:
-                sys.exit(f"`ardiff evaluate` failed ({code}):\n{o.with_suffix('.log').read_text()[-4000:]}")
+        for status, o in zip(statuses, outs):
+            if status:
+                sys.exit(f"`ardiff evaluate` failed ({status}):\n{o.with_suffix('.log').read_text()[-4000:]}")
         parts = [json.loads((o / "metrics.json").read_text()) for o in outs]
         examples, predict = sum(p["examples"] for p in parts), max(p["seconds"] for p in parts)
         rows.append({"workers": workers, "examples": examples, "wall_seconds": wall, "predict_seconds": predict,
@@ -192,9 +197,6 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench_suite-", dir=args.workdir))
     runs: dict[str, dict] = {}
     try:
-        init, setup_seconds = setup(args, workdir)
-        tasks = [task_yaml(workdir / f"{name}.yaml", name, Path(args.tasks_dir) / data, source, metrics, args)
-                 for name, data, source, metrics in TASKS]
         versions: list[tuple[str, Path | None]] = [("this tree", None)]
         if args.before:
             before = workdir / "before"
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                            check=True, capture_output=True)
             versions = [(f"before ({args.before})", before), ("after (this tree)", None)]
         try:
+            init, setup_seconds = setup(args, workdir, versions[0][1])
+            tasks = [task_yaml(workdir / f"{name}.yaml", name, Path(args.tasks_dir) / data, source, metrics, args)
+                     for name, data, source, metrics in TASKS]
             for name, code in versions:
                 out = workdir / f"suite-{code.name if code else 'tree'}"
                 suite = bench_suite(tasks, init, args, out, code)

@@ -110,7 +110,8 @@ def ray_train(work: Path, tok: Path, shards: Path, cpu: bool) -> dict:
     finally:
         head.stop()
     log = done.stdout + done.stderr
-    peak = next((line.split("per device", 1)[-1].strip(" ()") for line in log.splitlines()
+    # "MFU against a peak of X TFLOP/s per device (SOURCE)": the source names the device.
+    peak = next((line.split("per device", 1)[-1].strip()[1:-1] for line in log.splitlines()
                  if "MFU against a peak" in line), "?")
     complete = run / "checkpoints" / "step00000060" / "COMPLETE"
     return {"status": done.returncode, "seconds": seconds, "device": peak,

@@ -43,6 +43,20 @@ def example_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
+# Sampler rows (sources x candidates) per call when batch_sources is left to `auto_batch_sources`. Measured
+# (benchmarks/bench_eval.py, one CPU thread): 16 sources of k = 1 per call decode 2.4x faster than one at a time,
+# but 16 sources of k = 10 are 7% slower than one source's 10 rows: a CPU is busy with about 16 rows. A GPU
+# wants hundreds of rows to fill its cores.
+ROWS_PER_CALL = {"cpu": 16, "cuda": 1024}
+MAX_BATCH_SOURCES = 64
+
+
+def auto_batch_sources(candidates: int, device: str) -> int:
+    """Sources per sampler call for k = `candidates` on `device`: about ROWS_PER_CALL rows, 1 to 64 sources."""
+    rows = ROWS_PER_CALL.get(device.split(":")[0], ROWS_PER_CALL["cpu"])
+    return max(1, min(MAX_BATCH_SOURCES, rows // max(candidates, 1)))
+
+
 def resolve_device(device: str | None) -> str:
     """`device`, or when None the GPU if there is one, else the CPU."""
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,24 +124,27 @@ def generate_candidates(model, config: Config, tokenizer: Tokenizer, source: str
 
 def predict(task_name: str, model_dir: str, split: str = "test", limit: int | None = None,
             part: tuple[int, int] = (0, 1), steps: int | None = None, candidates: int | None = None,
-            seed: int = 0, batch_sources: int = 16, device: str | None = None) -> list[dict]:
+            seed: int = 0, batch_sources: int | None = None, device: str | None = None) -> list[dict]:
     """Predictions for this worker's part of the split: one record per source, in example order.
 
-    batch_sources: sources per sampler call (1: one at a time); the candidates do not depend on it. The noise of
-    one call takes batch_sources * k * (M + 1) * target_len * embed_dim float32 of CPU memory.
+    batch_sources: sources per sampler call (1: one at a time; None: `auto_batch_sources` for k and the device);
+    the candidates do not depend on it. The noise of one call takes batch_sources * k * (M + 1) * target_len *
+    embed_dim float32 of CPU memory.
     device: where the model runs; None: "cuda" if there is a GPU, else "cpu".
     """
-    if batch_sources < 1:
+    if batch_sources is not None and batch_sources < 1:
         raise ConfigError(f"batch_sources (--batch-sources) must be >= 1 (got {batch_sources})")
     task = load_task(task_name)
     index, parts = part
     if not 0 <= index < parts:
         raise ConfigError(f"part must be i/n with 0 <= i < n (got {index}/{parts})")
-    model, config, tokenizer = load_model_dir(model_dir, device=resolve_device(device))
+    device = resolve_device(device)
+    model, config, tokenizer = load_model_dir(model_dir, device=device)
     if task.lengths.source > config.model.max_source_len or task.lengths.target > config.model.max_target_len:
         raise ConfigError(f"task {task.name} lengths {task.lengths.source}/{task.lengths.target} exceed the model's "
                           f"{config.model.max_source_len}/{config.model.max_target_len}")
     steps, k = steps or task.decode.steps, candidates or task.decode.candidates
+    batch_sources = batch_sources or auto_batch_sources(k, device)
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
     pairs = [p for i, p in enumerate(task.pairs(split)) if limit is None or i < limit]
     mine = [(i, p) for i, p in enumerate(pairs) if i % parts == index]
@@ -199,11 +216,13 @@ def write_results(output: Path, records: list[dict], metrics: dict, info: dict) 
 
 def evaluate(task_name: str, model_dir: str, output: str | None, split: str = "test", limit: int | None = None,
              part: tuple[int, int] = (0, 1), steps: int | None = None, candidates: int | None = None,
-             seed: int = 0, batch_sources: int = 16, device: str | None = None) -> dict:
+             seed: int = 0, batch_sources: int | None = None, device: str | None = None) -> dict:
     """`predict`, then metrics, written to `output`; seconds and sources/s cover `predict` (model load, sampling
     and MBR)."""
     task = load_task(task_name)
     device = resolve_device(device)
+    if batch_sources is None:  # resolved here too, for the record
+        batch_sources = auto_batch_sources(candidates or task.decode.candidates, device)
     started = time.perf_counter()
     records = predict(task_name, model_dir, split, limit, part, steps, candidates, seed, batch_sources, device)
     seconds = time.perf_counter() - started

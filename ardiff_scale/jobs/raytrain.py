@@ -90,7 +90,7 @@ def _pretrain_worker(cfg: dict[str, Any]) -> None:
     from ardiff_scale.train.pretrain import run_pretraining
 
     enter_worker(cfg["threads"])
-    setup_logging()
+    setup_logging(replace=True)
     run_pretraining(cfg["config"])
 
 

@@ -43,7 +43,7 @@ def _finetune_worker(cfg: dict) -> None:
     from ardiff_scale.train.finetune import finetune
 
     enter_worker(cfg["threads"])
-    setup_logging()
+    setup_logging(replace=True)
     finetune(cfg["task"], cfg["init"], cfg["output"], [*cfg["overrides"], "train.resume=auto",
                                                       f"train.threads={cfg['threads']}"])
 

@@ -12,7 +12,14 @@ from ardiff_scale.data.objectives import collate, seq2seq_example
 from ardiff_scale.decoding import decode
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.evaluation import evaluate as evaluation
-from ardiff_scale.evaluation.evaluate import example_seed, generate_batch, generate_candidates, predict
+from ardiff_scale.evaluation.evaluate import (
+    auto_batch_sources,
+    evaluate,
+    example_seed,
+    generate_batch,
+    generate_candidates,
+    predict,
+)
 from ardiff_scale.export import save_model_dir
 from ardiff_scale.model import build_model
 
@@ -132,3 +139,16 @@ def test_sampler_noise_is_candidate_minor_and_bounded_per_call():
 def test_batch_sources_below_one_is_a_config_error(task, diffusion_dir, bad):
     with pytest.raises(ConfigError, match=rf"batch_sources.*>= 1 \(got {bad}\)"):
         predict(task, str(diffusion_dir), limit=2, batch_sources=bad)
+
+
+@pytest.mark.parametrize(("k", "device", "expected"), [(1, "cpu", 16), (3, "cpu", 5), (10, "cpu", 1), (50, "cpu", 1),
+                                                      (1, "cuda", 64), (10, "cuda", 64), (50, "cuda", 20),
+                                                      (10, "cuda:1", 64)])
+def test_the_default_batch_fills_about_a_devices_worth_of_sampler_rows(k, device, expected):
+    assert auto_batch_sources(k, device) == expected
+
+
+def test_the_default_batch_is_recorded_with_the_results(task, diffusion_dir, tmp_path):
+    info = evaluate(str(task), str(diffusion_dir), str(tmp_path / "eval"), limit=3, steps=2, candidates=3,
+                    device="cpu")
+    assert info["batch_sources"] == 5 and info["device"] == "cpu" and info["examples"] == 3
