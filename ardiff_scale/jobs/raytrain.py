@@ -95,14 +95,14 @@ def _pretrain_worker(cfg: dict[str, Any]) -> None:
 
 
 # --- the driver -------------------------------------------------------------------------------------------
-def connect(address: str | None, env: dict[str, str] | None = None) -> None:
+def connect(address: str | None) -> None:
     """ray.init, with the variables remote ranks need (environment.py) in the job's runtime environment."""
     import ray
 
     target = os.environ.get("RAY_ADDRESS", "") if address in (None, "", "auto") else address
     # A loopback head: this driver must register on 127.0.0.1 too, or Ray picks the machine's public address.
     loopback = target.split("://")[-1].startswith(("127.", "localhost"))
-    travelling = {**travelling_environment(), **(env or {})}
+    travelling = travelling_environment()
     log.info("connecting to Ray at %s; passing to workers: %s", address or "a new local instance",
              describe(travelling))
     ray.init(address=address or None, log_to_driver=True, _node_ip_address="127.0.0.1" if loopback else None,
