@@ -31,14 +31,18 @@ GPU_POLICIES = ("auto", "always", "never")
 
 
 # --- resources ------------------------------------------------------------------------------------------
+def check_gpu_policy(policy: str) -> None:
+    if policy not in GPU_POLICIES:
+        raise ConfigError(f"GPU policy must be one of {', '.join(GPU_POLICIES)} (got {policy!r})")
+
+
 def gpus_to_request(asked: float, cluster_gpus: float, policy: str = "auto") -> float:
     """GPUs per worker to reserve: what was asked, when the cluster has GPUs ("auto"), always or never.
 
     "auto" looks at the GPUs the cluster has now; on an autoscaling cluster whose GPU nodes are scaled to
     zero that is none, and "always" is the way to ask for them anyway (the autoscaler then adds a node).
     """
-    if policy not in GPU_POLICIES:
-        raise ConfigError(f"GPU policy must be one of {', '.join(GPU_POLICIES)} (got {policy!r})")
+    check_gpu_policy(policy)
     if policy == "never" or asked <= 0:
         return 0.0
     if policy == "auto" and cluster_gpus <= 0:

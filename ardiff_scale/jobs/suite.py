@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.jobs.raytrain import (
+    check_gpu_policy,
     check_shared_storage,
     cluster_gpus,
     connect,
@@ -126,7 +127,7 @@ def run_suite(tasks: Sequence[str], init: str, address: str | None, output: str,
     from ardiff_scale.tracking.registry import SuiteRun
 
     specs = [load_task(t) for t in tasks]  # every task validated before anything runs
-    gpus_to_request(0, 0, gpus)  # and the policy
+    check_gpu_policy(gpus)
     if "://" in output:
         # Task shards, fine-tuned models and evaluation read their files by path.
         raise ConfigError(f"--output {output}: a suite writes to a filesystem path every node mounts (NFS, "
