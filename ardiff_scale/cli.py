@@ -8,23 +8,13 @@ import os
 import sys
 
 from ardiff_scale.errors import PREEMPTED_EXIT, ArdiffError, Preempted
+from ardiff_scale.logs import setup_logging
 
 log = logging.getLogger("ardiff")
 
 EPILOG = """Overrides are section.field=value pairs applied on top of the recipe, for example
   ardiff pretrain --recipe tiny-cpu train.lr=5e-4 train.max_steps=2000 model.preset=iwslt
 Recipes: a YAML path, or the name of one shipped in ardiff_scale/recipes."""
-
-
-def setup_logging(replace: bool = False) -> None:
-    """INFO on rank 0, warnings only on the other ranks, every line tagged with its rank.
-
-    replace: drop the handlers a host process installed first (a Ray worker's), which would otherwise keep
-    every rank's INFO lines, untagged."""
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        force=replace)
 
 
 def add_recipe_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from ardiff_scale.config import Config
-from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
 from ardiff_scale.diffusion import NoiseSchedule, SampleOutput, make_schedule, sample
 from ardiff_scale.model import AutoregressiveModel
 from ardiff_scale.model.search import beam_search
+from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 
 def decode(model: nn.Module, config: Config, src_ids: torch.Tensor, src_mask: torch.Tensor, length: int,

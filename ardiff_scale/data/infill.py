@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ardiff_scale.data.tokenizer import SpecialIds
+from ardiff_scale.vocab import SpecialIds
 
 
 @dataclass

@@ -17,8 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
 from ardiff_scale.errors import DataError
+from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 
 @dataclass

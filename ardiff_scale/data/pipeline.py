@@ -19,7 +19,8 @@ from ardiff_scale.config import Config
 from ardiff_scale.data.objectives import Example, collate, paragraph_denoise, require_mask, seq2seq_example
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.stream import BatchLoader, BatchStream, StreamOptions
-from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds, Tokenizer
+from ardiff_scale.data.tokenizer import Tokenizer
+from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 
 @dataclass

@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 from webdataset import TarWriter
 
 from ardiff_scale.data.objectives import require_mask, split_document
-from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds, Tokenizer, tokenizer_from_bytes
+from ardiff_scale.data.tokenizer import Tokenizer, tokenizer_from_bytes
 from ardiff_scale.errors import DataError
 from ardiff_scale.io import read_bytes, write_bytes
+from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 if TYPE_CHECKING:
     from ardiff_scale.data.tasks import Pair

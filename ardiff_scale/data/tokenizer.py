@@ -29,34 +29,11 @@ import sentencepiece as spm
 
 from ardiff_scale.errors import DataError
 from ardiff_scale.io import read_bytes, write_bytes
-
-# The sentencepiece tokenizer's reserved ids, fixed by `train_tokenizer`. Other tokenizers differ: read
-# `tokenizer.specials`.
-PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
+from ardiff_scale.vocab import BOS, EOS, MASK, PAD, SENTENCEPIECE_SPECIALS, UNK, SpecialIds  # noqa: F401 (re-exported)
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # in a model directory, by kind
 
 
-@dataclass(frozen=True)
-class SpecialIds:
-    """The ids the model and data pipeline give a meaning to. mask is None when the vocabulary has no mask
-    token (fine for seq2seq fine-tuning, refused by span-masking pretraining)."""
-
-    pad: int
-    unk: int
-    bos: int
-    eos: int
-    mask: int | None
-
-    @property
-    def ids(self) -> frozenset[int]:
-        return frozenset(i for i in (self.pad, self.unk, self.bos, self.eos, self.mask) if i is not None)
-
-    def as_dict(self) -> dict[str, int | None]:
-        return asdict(self)
-
-
-SENTENCEPIECE_SPECIALS = SpecialIds(pad=PAD, unk=UNK, bos=BOS, eos=EOS, mask=MASK)
 
 
 class Tokenizer(ABC):

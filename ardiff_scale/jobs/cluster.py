@@ -41,6 +41,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago. Held open together while they are
+    picked: one `free_port()` after another can hand out the same port twice, and Ray refuses a head whose
+    components were given one port between them."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def local_ray_env() -> dict[str, str]:
     """The environment for a loopback-only head without authentication.
 
@@ -110,19 +124,20 @@ def start_local_head(port: int | None = None, dashboard_port: int | None = None,
     owns_temp_dir = temp_dir is None
     temp_dir = Path(tempfile.mkdtemp(prefix="ardiff-ray-", dir="/tmp") if temp_dir is None else temp_dir)
     temp_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    dashboard_port = dashboard_port or free_port()
-    agent_port = free_port()
+    picked = free_ports(7)
+    port = port or picked[0]
+    dashboard_port = dashboard_port or picked[1]
+    agent_port, client_port, agent_grpc_port, runtime_env_port, metrics_port = picked[2:]
     ray = Path(sys.executable).parent / "ray"
     command = [str(ray), "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(port),
                "--dashboard-host", HOST, "--dashboard-port", str(dashboard_port), "--include-dashboard=true",
                "--num-cpus", str(num_cpus), "--object-store-memory", str(object_store_mb * 1024 * 1024),
                "--temp-dir", str(temp_dir), "--disable-usage-stats",
-               "--ray-client-server-port", str(free_port()),
+               "--ray-client-server-port", str(client_port),
                "--dashboard-agent-listen-port", str(agent_port),
-               "--dashboard-agent-grpc-port", str(free_port()),
-               "--runtime-env-agent-port", str(free_port()),
-               "--metrics-export-port", str(free_port())]
+               "--dashboard-agent-grpc-port", str(agent_grpc_port),
+               "--runtime-env-agent-port", str(runtime_env_port),
+               "--metrics-export-port", str(metrics_port)]
     if die_with_parent and sys.platform.startswith("linux"):
         command = [sys.executable, "-c", DIE_WITH_PARENT, *command]
     log_path = temp_dir / "ray-start.log"

@@ -90,7 +90,7 @@ def enter_worker(threads: int) -> None:
 
 
 def _pretrain_worker(cfg: dict[str, Any]) -> None:
-    from ardiff_scale.cli import setup_logging
+    from ardiff_scale.logs import setup_logging
     from ardiff_scale.train.pretrain import run_pretraining
 
     enter_worker(cfg["threads"])

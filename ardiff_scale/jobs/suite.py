@@ -40,7 +40,7 @@ log = logging.getLogger("ardiff.jobs")
 
 def _finetune_worker(cfg: dict) -> None:
     """Runs in each Ray Train worker: Ray has set up torch.distributed; DeepSpeed joins it."""
-    from ardiff_scale.cli import setup_logging
+    from ardiff_scale.logs import setup_logging
     from ardiff_scale.train.finetune import finetune
 
     enter_worker(cfg["threads"])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
 from ardiff_scale.model.autoregressive import AutoregressiveModel
+from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 
 @torch.no_grad()

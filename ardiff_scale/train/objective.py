@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardiff_scale.config import Config
-from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
 from ardiff_scale.diffusion import LossTerms, NoiseSchedule, training_loss
 from ardiff_scale.model import ARDiffusionModel, AutoregressiveModel
+from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 
 class DiffusionObjective(nn.Module):

@@ -21,7 +21,6 @@ import torch.distributed as dist
 from torch import nn
 
 from ardiff_scale.config import Config
-from ardiff_scale.data.tokenizer import SENTENCEPIECE_SPECIALS, SpecialIds
 from ardiff_scale.diffusion import make_schedule
 from ardiff_scale.errors import Preempted
 from ardiff_scale.model.flops import training_step_flops
@@ -33,6 +32,7 @@ from ardiff_scale.train.lr import lr_factor
 from ardiff_scale.train.objective import build_objective
 from ardiff_scale.train.signals import StopSignals
 from ardiff_scale.train.timing import SpanClock
+from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 log = logging.getLogger("ardiff.train")
 
