@@ -226,7 +226,7 @@ def pretrain_on_ray(config: Config) -> RayRun:
     connect(rc.address)
     try:
         # Asked for explicitly, so asked for even when no GPU is up now: an autoscaler may add GPU nodes.
-        gpus = gpus_to_request(rc.gpus_per_worker, cluster_gpus(), "always")
+        gpus = float(rc.gpus_per_worker)
         if gpus > 0 and cluster_gpus() == 0:
             log.warning("ray.gpus_per_worker=%g but the cluster has no GPU now: the workers wait until an "
                         "autoscaler adds GPU nodes (ray.gpus_per_worker=0 trains on CPU)", gpus)

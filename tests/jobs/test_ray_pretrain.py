@@ -28,8 +28,9 @@ TINY = ["model.vocab_size=1000", "model.hidden_size=32", "model.num_heads=2", "m
         "train.ema_rate=0.99", "train.log_every=2", "train.save_every=4", "train.max_steps=32"]
 
 
-def _ray_train_workers(head_temp: Path) -> list[int]:
-    """Pids of this head's Ray Train workers (their process title names the actor class)."""
+def _ray_train_workers() -> list[int]:
+    """Pids of Ray Train workers on this machine (their process title names the actor class); the job tests
+    run one Ray job at a time."""
     return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
             if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
 
@@ -58,7 +59,7 @@ def test_ray_pretraining_survives_a_killed_worker_and_tracks_like_deepspeed(ray_
         assert submit.poll() is None, submit.stdout.read()[-5000:]
         rows = metrics.read_text().splitlines() if metrics.exists() else []
         if len(rows) >= 10 and (out / "checkpoints" / "step00000008" / "COMPLETE").exists():
-            workers = _ray_train_workers(ray_head.temp_dir)
+            workers = _ray_train_workers()
             if workers:
                 killed = workers[-1]
                 os.kill(killed, signal.SIGKILL)
