@@ -24,8 +24,9 @@ def add_recipe_args(parser: argparse.ArgumentParser, default: str | None = None)
 
 
 def cmd_model_info(args: argparse.Namespace) -> None:
-    from ardiff_scale.commands import model_info
-    model_info(args.preset, args.recipe, args.overrides, args.batch, args.src_len, args.tgt_len)
+    from ardiff_scale.commands import ModelInfoOptions, model_info
+    model_info(ModelInfoOptions(preset=args.preset, recipe=args.recipe, overrides=args.overrides, batch=args.batch,
+                                src_len=args.src_len, tgt_len=args.tgt_len))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -37,9 +38,11 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def cmd_shards_build(args: argparse.Namespace) -> None:
-    from ardiff_scale.data.build import shards_command
-    shards_command(args.kind, args.input, args.format, args.split, args.tokenizer, args.output,
-                   args.samples_per_shard, args.max_tokens, args.min_tokens, args.processes, args.field)
+    from ardiff_scale.data.build import ShardsOptions, shards_command
+    shards_command(ShardsOptions(inputs=args.input, tokenizer=args.tokenizer, output=args.output, kind=args.kind,
+                                 format=args.format, split=args.split, samples_per_shard=args.samples_per_shard,
+                                 max_tokens=args.max_tokens, min_tokens=args.min_tokens, processes=args.processes,
+                                 field=args.field))
 
 
 def cmd_shards_inspect(args: argparse.Namespace) -> None:
@@ -57,33 +60,34 @@ def cmd_shards_bench(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from ardiff_scale.commands import pretrain
-    ray = [f"ray.{name}={value}" for name, value in (("address", args.ray), ("workers", args.workers),
-                                                      ("gpus_per_worker", args.gpus_per_worker),
-                                                      ("cpus_per_worker", args.cpus_per_worker),
-                                                      ("max_failures", args.max_failures)) if value is not None]
-    pretrain(args.recipe, [*args.overrides, *ray])
+    flags = {"address": args.ray, "workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
+             "cpus_per_worker": args.cpus_per_worker, "max_failures": args.max_failures}
+    pretrain(args.recipe, args.overrides, ray={name: value for name, value in flags.items() if value is not None})
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from ardiff_scale.train.finetune import finetune
+    from ardiff_scale.pipelines.finetune import finetune
     finetune(args.task, args.init, args.output, args.overrides, args.samples_per_shard)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ardiff_scale.evaluation.evaluate import evaluate
+    from ardiff_scale.evaluation.evaluate import EvaluateOptions, evaluate
     index, _, parts = args.part.partition("/")
-    evaluate(args.task, args.checkpoint, args.output, args.split, args.limit, (int(index), int(parts or 1)),
-             args.steps, args.candidates, args.seed, args.batch_sources)
+    evaluate(EvaluateOptions(task=args.task, model_dir=args.checkpoint, output=args.output, split=args.split,
+                             limit=args.limit, part=(int(index), int(parts or 1)), steps=args.steps,
+                             candidates=args.candidates, seed=args.seed, batch_sources=args.batch_sources))
 
 
 def cmd_suite_run(args: argparse.Namespace) -> None:
-    from ardiff_scale.jobs.suite import run_suite
-    run_suite([t for t in args.tasks.split(",") if t], args.init, args.address, args.output, args.overrides,
-              args.limit, args.max_failures, args.tracking_uri or "", args.seed, args.gpus)
+    from ardiff_scale.pipelines.suite import SuiteOptions, run_suite
+    run_suite(SuiteOptions(tasks=[t for t in args.tasks.split(",") if t], init=args.init, address=args.address,
+                           output=args.output, overrides=args.overrides, limit=args.limit,
+                           max_failures=args.max_failures, tracking_uri=args.tracking_uri or "", seed=args.seed,
+                           gpus=args.gpus))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from ardiff_scale.evaluation.reproduce import reproduce
+    from ardiff_scale.pipelines.reproduce import reproduce
     plan = "smoke" if args.smoke else args.plan
     name = os.path.splitext(os.path.basename(plan))[0]
     command = "ardiff " + " ".join(sys.argv[1:]) if sys.argv[1:] else "ardiff reproduce"
@@ -104,9 +108,10 @@ def cmd_import_official(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from ardiff_scale.commands import generate
-    generate(args.model, args.source, args.input, args.steps, args.candidates, args.seed, args.bf16,
-             args.plot_trajectory)
+    from ardiff_scale.commands import GenerateOptions, generate
+    generate(GenerateOptions(model_dir=args.model, sources=args.source, input_file=args.input, steps=args.steps,
+                             candidates=args.candidates, seed=args.seed, bf16=args.bf16,
+                             plot_trajectory=args.plot_trajectory))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

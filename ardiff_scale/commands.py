@@ -5,29 +5,45 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from ardiff_scale.config import load_config
-from ardiff_scale.data.build import shards_command, tokenizer_command
+from ardiff_scale.config import derive, load_config
+from ardiff_scale.data.build import ShardsOptions, shards_command, tokenizer_command
 from ardiff_scale.data.tokenizer import TokenizerOptions
 from ardiff_scale.errors import ArdiffError, ConfigError, DataError
 from ardiff_scale.export import load_model_dir
-from ardiff_scale.model import build_model, parameter_breakdown
+from ardiff_scale.loader import did_you_mean
+from ardiff_scale.model import PRESETS, build_model, parameter_breakdown
 from ardiff_scale.model.flops import training_step_flops
-from ardiff_scale.train.pretrain import run_pretraining
+from ardiff_scale.pipelines.pretrain import run_pretraining
 
 log = logging.getLogger("ardiff")
 
 BUNDLED_CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
-def model_info(preset: str | None, recipe: str | None, overrides: Sequence[str], batch: int, src_len: int,
-               tgt_len: int) -> None:
-    overrides = [*([f"model.preset={preset}"] if preset else []), *overrides]
-    config = load_config(recipe, overrides)
+@dataclass
+class ModelInfoOptions:
+    """Which model `ardiff model-info` sizes, and the training step whose FLOPs it counts."""
+
+    preset: str | None = None  # a model preset, over the recipe's model; None: the recipe's model as it is
+    recipe: str | None = None  # a YAML path or a shipped recipe's name; None: the defaults
+    overrides: Sequence[str] = ()  # command-line section.field=value strings, over the preset
+    batch: int = 8
+    src_len: int = 256
+    tgt_len: int = 50
+
+
+def model_info(options: ModelInfoOptions) -> None:
+    preset = options.preset
+    if preset and preset not in PRESETS:  # here, to name the flag: config.py would blame the recipe
+        raise ConfigError(f"unknown model preset {preset!r} in --preset{did_you_mean(preset, list(PRESETS))} "
+                          f"(valid: {', '.join(PRESETS)})")
+    config = load_config(options.recipe, options.overrides, **({"model": {"preset": preset}} if preset else {}))
     with torch.device("meta"):  # counts without allocating: the 1b preset would take 4 GB
         model = build_model(config.model)
     counts = parameter_breakdown(model)
@@ -38,27 +54,46 @@ def model_info(preset: str | None, recipe: str | None, overrides: Sequence[str],
         print(f"  {module:<16} {count:>14,}  {100 * count / total:5.1f}%")
     if config.model.decoder != "diffusion":
         return  # the FLOP count is AR-Diffusion's (model/flops.py)
-    flops = training_step_flops(config.model, batch, src_len, tgt_len)
-    print(f"training step (forward + backward), batch {batch}, source {src_len}, target {tgt_len}: "
-          f"{flops / 1e9:,.1f} GFLOP")
+    flops = training_step_flops(config.model, options.batch, options.src_len, options.tgt_len)
+    print(f"training step (forward + backward), batch {options.batch}, source {options.src_len}, "
+          f"target {options.tgt_len}: {flops / 1e9:,.1f} GFLOP")
 
 
-def pretrain(recipe: str | None, overrides: Sequence[str]) -> None:
-    """Here (or in the ranks a launcher started), or, with ray.address set, in Ray Train workers."""
+def pretrain(recipe: str | None, overrides: Sequence[str], ray: dict[str, Any] | None = None) -> None:
+    """Here (or in the ranks a launcher started), or, with ray.address set, in Ray Train workers.
+
+    ray: fields of the ray section set by the command's own flags (--workers, ...), which win over `overrides`."""
     config = load_config(recipe, overrides)
+    if ray:
+        config = derive(config, ray=ray)
     if config.ray.address:
-        from ardiff_scale.jobs.raytrain import pretrain_on_ray  # imports ray: only for Ray runs
+        from ardiff_scale.pipelines.pretrain_ray import pretrain_on_ray  # imports ray: only for Ray runs
 
         pretrain_on_ray(config)
     else:
         run_pretraining(config)
 
 
-def generate(model_dir: str, sources: Sequence[str], input_file: str | None, steps: int | None, candidates: int,
-             seed: int, bf16: bool, plot_trajectory: str | None = None) -> None:
-    texts = list(sources)
-    if input_file:
-        texts += [line.rstrip("\n") for line in Path(input_file).read_text(encoding="utf-8").splitlines()
+@dataclass
+class GenerateOptions:
+    """What `ardiff generate` samples, from which model, and how."""
+
+    model_dir: str  # a model directory written by pretrain, export or the demo
+    sources: Sequence[str] = ()
+    input_file: str | None = None  # a file with one source per line, after `sources`
+    steps: int | None = None  # decoding steps M; None: the model's diffusion.decode_steps
+    candidates: int = 1  # candidates k per source
+    seed: int = 0
+    bf16: bool = False  # run the network under bf16 autocast
+    plot_trajectory: str | None = None  # a .png for the paper's Figure 1 of one sampler run on the first source
+
+
+def generate(options: GenerateOptions) -> None:
+    model_dir, steps, candidates, seed = options.model_dir, options.steps, options.candidates, options.seed
+    plot_trajectory = options.plot_trajectory
+    texts = list(options.sources)
+    if options.input_file:
+        texts += [line.rstrip("\n") for line in Path(options.input_file).read_text(encoding="utf-8").splitlines()
                   if line.strip()]
     if not texts:
         raise ConfigError("nothing to generate: give --source TEXT or --input FILE")
@@ -76,7 +111,7 @@ def generate(model_dir: str, sources: Sequence[str], input_file: str | None, ste
         raise ConfigError(f"--plot-trajectory draws the diffusion sampler's timesteps, but {model_dir} is an "
                           f"{config.model.decoder} model")
     steps = steps or config.diffusion.decode_steps
-    autocast_dtype = torch.bfloat16 if bf16 else None
+    autocast_dtype = torch.bfloat16 if options.bf16 else None
     started = time.perf_counter()
     for i, text in enumerate(texts):
         print(f"source: {text}")
@@ -127,18 +162,20 @@ def demo(corpus: str | None, output: str, minutes: float, overrides: Sequence[st
             raise DataError(f"demo corpus file missing: {path} (give --corpus DIR with train.jsonl.gz and "
                             "valid.jsonl.gz)")
     out = Path(output)
-    config = load_config("tiny-cpu", [f"train.output_dir={out}", *overrides])
+    run_dir = {"output_dir": str(out)}
+    config = load_config("tiny-cpu", overrides, train=run_dir)
     tokenizer_path = str(out / "tokenizer" / "demo.model")
     log.info("1/4 training a %d-piece sentencepiece tokenizer on %s", config.model.vocab_size, train_file)
     tokenizer_command([str(train_file)], tokenizer_path, TokenizerOptions(vocab_size=config.model.vocab_size), "text")
     log.info("2/4 building webdataset shards")
     for split, path in (("train", train_file), ("valid", valid_file)):
-        shards_command("pretrain", [str(path)], "jsonl", split, tokenizer_path, str(out / "shards" / split),
-                       samples_per_shard=500, max_tokens=config.data.source_len - 2, min_tokens=config.data.min_tokens,
-                       processes=2, field="text")
-    config = load_config("tiny-cpu", [f"data.train={out / 'shards' / 'train'}",
-                                      f"data.valid={out / 'shards' / 'valid'}", f"data.tokenizer={tokenizer_path}",
-                                      f"train.output_dir={out}", *overrides])
+        shards_command(ShardsOptions(inputs=[str(path)], tokenizer=tokenizer_path, output=str(out / "shards" / split),
+                                     kind="pretrain", format="jsonl", split=split, samples_per_shard=500,
+                                     max_tokens=config.data.source_len - 2, min_tokens=config.data.min_tokens,
+                                     processes=2, field="text"))
+    shards = {"train": str(out / "shards" / "train"), "valid": str(out / "shards" / "valid"),
+              "tokenizer": tokenizer_path}
+    config = load_config("tiny-cpu", overrides, train=run_dir, data=shards)
     log.info("3/4 pretraining the tiny model for at most %.1f minutes", minutes)
     result = run_pretraining(config, time_budget=60 * minutes)
     log.info("4/4 the model filled masked spans of held-out windows (M = %d sampler steps)",

@@ -7,15 +7,24 @@ from (`ConfigError: train.lr must be a float (got 'abc') in recipes/tiny-cpu.yam
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from difflib import get_close_matches
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence, get_args, get_origin, get_type_hints
+from typing import Any, Sequence
 
 import yaml
 
 from ardiff_scale.errors import ConfigError
+from ardiff_scale.loader import (
+    NOT_IN_FILES,
+    build_dataclass,
+    coerce,
+    did_you_mean,
+    read_mapping,
+    shipped_or_path,
+    unknown_field,
+)
 from ardiff_scale.model.config import PRESETS, ModelConfig
+from ardiff_scale.tasks.spec import TaskSpec, read_task
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 OVERRIDE = "command line override"
@@ -170,19 +179,20 @@ class RayConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
                              "train": TrainConfig, "tracking": TrackingConfig, "ray": RayConfig}
+MODEL_KEYS = ["preset", *(f.name for f in fields(ModelConfig))]
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    model_preset: str = ""  # the preset `model` started from; "" when none
+    model_preset: str = field(default="", metadata=NOT_IN_FILES)  # the preset `model` started from (model.preset)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     # Provenance, not content: a config saved and reloaded from elsewhere is still the same config.
-    recipe: str = field(default="", compare=False)
+    recipe: str = field(default="", compare=False, metadata=NOT_IN_FILES)
 
     def validate(self) -> None:
         for name in SECTIONS:
@@ -226,124 +236,140 @@ def shipped_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 
-def did_you_mean(name: str, valid: Sequence[str]) -> str:
-    close = get_close_matches(name, valid, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def derive(config: Config, **sections: dict[str, Any]) -> Config:
+    """`config` with fields of some sections replaced, validated: `derive(cfg, train={"max_steps": 5})`.
+
+    Internal code changes configs this way, never through dotted strings: a misspelt field is a TypeError at
+    the call, not a YAML error at run time."""
+    changed = replace(config, **{name: replace(getattr(config, name), **values) for name, values in sections.items()})
+    changed.validate()
+    return changed
 
 
-def _check_known(name: str, valid: Sequence[str], what: str, where: str) -> None:
-    if name not in valid:
-        raise ConfigError(f"unknown {what} {name!r} in {where}{did_you_mean(name, valid)} "
-                          f"(valid: {', '.join(valid)})")
+def merge_sections(*changes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Section changes for `derive` combined, later ones winning field by field."""
+    out: dict[str, Any] = {}
+    for change in changes:
+        for section, values in change.items():
+            values = {} if values is None else values  # a recipe section whose keys are all commented out
+            previous = out.get(section, {})
+            # A section that is not a mapping is kept as it is, for build_dataclass to report.
+            out[section] = previous | values if isinstance(previous, dict) and isinstance(values, dict) else values
+    return out
 
 
-def _field_names(section: str) -> list[str]:
-    names = [f.name for f in fields(SECTIONS[section])]
-    return ["preset", *names] if section == "model" else names
-
-
-def apply_overrides(tree: dict[str, dict[str, Any]], overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """A copy of `tree` with each `section.field=value` set; values are parsed as YAML (`false`, `3e-4`, `12`)."""
-    merged = {section: dict(values) for section, values in tree.items()}
+def parse_overrides(overrides: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """`section.field=value` strings as a tree of sections (values parsed as YAML: `false`, `3e-4`, `12`) and,
+    for each dotted key, the override that set it (for messages). Names are checked when the tree is built."""
+    tree: dict[str, dict[str, Any]] = {}
+    set_by: dict[str, str] = {}
     for text in overrides:
         key, sep, raw = text.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot:
             raise ConfigError(f"override {text!r} must look like section.field=value, e.g. train.lr=3e-4")
-        _check_known(section, list(SECTIONS), "section", f"{OVERRIDE} {text!r}")
-        _check_known(name, _field_names(section), f"{section} field", f"{OVERRIDE} {text!r}")
         try:
             # An empty value means the empty string, not YAML's null.
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {text!r} has a value that is not valid YAML: {err}") from None
-        merged.setdefault(section, {})[name] = value
+        tree.setdefault(section, {})[name] = value
+        set_by[f"{section}.{name}"] = f"{OVERRIDE} {text!r}"
+    return tree, set_by
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of `tree` (sections of fields) with each `section.field=value` set."""
+    merged = {section: dict(values or {}) if isinstance(values, dict) or values is None else values
+              for section, values in tree.items()}
+    for section, values in parse_overrides(overrides)[0].items():
+        if not isinstance(merged.get(section, {}), dict):
+            raise ConfigError(f"override of {section}.* needs {section} to be a section (got {merged[section]!r})")
+        merged.setdefault(section, {}).update(values)
     return merged
 
 
-def coerce(value: Any, kind: Any, key: str, where: str) -> Any:
-    """`value` as a `kind` (int, float, str, bool or list[...]), or a ConfigError naming key, value and origin."""
-    if get_origin(kind) is list:
-        (item_kind,) = get_args(kind)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list of {item_kind.__name__}s (got {value!r}) in {where}")
-        return [coerce(item, item_kind, f"{key}[{i}]", where) for i, item in enumerate(value)]
-    # YAML 1.1 reads 3e-4 (no dot) as a string, so float fields take numeric strings too.
-    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-        article = "an" if kind is int else "a"
-        raise ConfigError(f"{key} must be {article} {kind.__name__} (got {value!r}) in {where}")
-    return value
-
-
-def _build(section: str, values: dict[str, Any], where: Callable[[str], str]) -> Any:
-    cls = SECTIONS[section]
-    hints = get_type_hints(cls)
-    for name in values:
-        _check_known(name, _field_names(section), f"{section} field", where(f"{section}.{name}"))
-    typed = {name: coerce(value, hints[name], f"{section}.{name}", where(f"{section}.{name}"))
-             for name, value in values.items()}
-    return cls(**typed)
-
-
-def _resolve_recipe(recipe: str | Path) -> Path:
-    path = Path(recipe)
-    if path.is_file():
-        return path
-    shipped = RECIPES_DIR / f"{recipe}.yaml"
-    if isinstance(recipe, str) and shipped.is_file():
-        return shipped
-    names = shipped_recipes()
-    raise ConfigError(f"recipe {str(recipe)!r} is neither a file nor a shipped recipe"
-                      f"{did_you_mean(str(recipe), names)} (shipped: {', '.join(names)})")
-
-
-def _read_recipe(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (got {type(tree).__name__})")
-    for section, values in tree.items():
-        _check_known(str(section), list(SECTIONS), "section", str(path))
-        if not isinstance(values, (dict, type(None))):
-            raise ConfigError(f"section {section} must be a mapping of fields (got {values!r}) in {path}")
-    # A section whose keys are all commented out reads as null.
-    return {section: values or {} for section, values in tree.items()}
-
-
-def load_config(recipe: str | Path | None, overrides: Sequence[str] = ()) -> Config:
-    """Build and validate the Config from a recipe (a YAML path or a shipped name; None: defaults) and overrides.
+def load_config(recipe: str | Path | None, overrides: Sequence[str] = (), **sections: dict[str, Any]) -> Config:
+    """Build and validate the Config from a recipe (a YAML path or a shipped name; None: defaults), then
+    `sections` (field values per section that the calling code sets: `data={"train": path}`), then
+    command-line `overrides`, validated once at the end.
 
     `model.preset: NAME` starts the model from that preset; any other model key given anywhere wins over it.
     """
-    path = _resolve_recipe(recipe) if recipe is not None else None
+    path = shipped_or_path(recipe, RECIPES_DIR, "recipe") if recipe is not None else None
     source = str(path) if path else "defaults"
-    tree = apply_overrides(_read_recipe(path) if path else {}, overrides)
-    overridden = {f"{section}.{name}" for section, values in apply_overrides({}, overrides).items()
-                  for name in values}
+    tree = merge_sections(read_mapping(path, "sections") if path else {}, sections)
+    cfg = replace(_from_tree(tree, overrides, source), recipe=str(recipe) if recipe is not None else "")
+    return _validated(cfg, source, overrides)
+
+
+def _from_tree(recipe_tree: dict[str, Any], overrides: Sequence[str], source: str) -> Config:
+    """The Config of a recipe tree with overrides applied, not yet validated."""
+    tree = apply_overrides(recipe_tree, overrides)
+    set_by = parse_overrides(overrides)[1]
 
     def where(key: str) -> str:
-        return OVERRIDE if key in overridden else source
+        return next((text for name, text in set_by.items() if key == name or name.startswith(f"{key}.")), source)
 
-    model = dict(tree.pop("model", {}))
-    preset_name = coerce(model.pop("preset", ""), str, "model.preset", where("model.preset"))
-    if preset_name:
-        _check_known(preset_name, list(PRESETS), "model preset", where("model.preset"))
-        model = asdict(PRESETS[preset_name]) | model
-    cfg = Config(model=_build("model", model, where), model_preset=preset_name,
-                 **{section: _build(section, values, where) for section, values in tree.items()},
-                 recipe=str(recipe) if recipe is not None else "")
+    model = tree.pop("model", None) or {}
+    preset_name = ""
+    if isinstance(model, dict):  # anything else is reported by build_dataclass
+        model = dict(model)
+        for key in model:  # "preset" sits beside ModelConfig's fields
+            if key not in MODEL_KEYS:
+                raise unknown_field("model.", str(key), MODEL_KEYS, where)
+        preset_name = coerce(model.pop("preset", ""), str, "model.preset", where)
+        if preset_name:
+            if preset_name not in PRESETS:
+                raise ConfigError(f"unknown model preset {preset_name!r} in {where('model.preset')}"
+                                  f"{did_you_mean(preset_name, list(PRESETS))} (valid: {', '.join(PRESETS)})")
+            model = asdict(PRESETS[preset_name]) | model
+    return replace(build_dataclass(Config, {"model": model, **tree}, where), model_preset=preset_name)
+
+
+def _validated(cfg: Config, source: str, overrides: Sequence[str]) -> Config:
     try:
         cfg.validate()
     except ConfigError as err:
         origin = f"{source} with overrides {' '.join(overrides)}" if overrides else source
         raise ConfigError(f"{err} in {origin}") from None
     return cfg
+
+
+# --- a fine-tuning task's run config -------------------------------------------------------------------------
+
+# Run-config fields a task sets through its own keys, which its overrides must therefore leave alone.
+TASK_OWNED = {"data.source_len": "lengths.source", "data.target_len": "lengths.target",
+              "train.max_steps": "finetune.max_steps", "diffusion.decode_steps": "decode.steps",
+              "diffusion.num_candidates": "decode.candidates"}
+
+
+def task_config(task: TaskSpec, overrides: Sequence[str] = (), **sections: dict[str, Any]) -> Config:
+    """The run config a task fine-tunes with: `finetune.recipe` with `finetune.overrides`, then the task's
+    lengths, steps and decoding, then `sections` (as for `load_config`), then command-line `overrides`;
+    validated once at the end."""
+    recipe = task.finetune.recipe
+    path = shipped_or_path(recipe, RECIPES_DIR, "recipe", key="finetune.recipe") if recipe else None
+    source = str(path) if path else "defaults"
+    for key in parse_overrides(task.finetune.overrides)[1]:
+        if key in TASK_OWNED:
+            raise ConfigError(f"finetune.overrides sets {key}, which the task sets with {TASK_OWNED[key]}; "
+                              f"set it there")
+    owned = {"data": {"source_len": task.lengths.source, "target_len": task.lengths.target},
+             "train": {"max_steps": task.finetune.max_steps},
+             "diffusion": {"decode_steps": task.decode.steps, "num_candidates": task.decode.candidates}}
+    tree = merge_sections(apply_overrides(read_mapping(path, "sections") if path else {}, task.finetune.overrides),
+                          owned, sections)
+    cfg = replace(_from_tree(tree, overrides, source), recipe=recipe)
+    return _validated(cfg, source, [*task.finetune.overrides, *overrides])
+
+
+def load_task(path_or_name: str | Path) -> TaskSpec:
+    """A task file (or a shipped task's name) read and checked whole, its run config included, so that a
+    mistake anywhere in it fails before anything runs (`tasks.spec.read_task` checks the file alone)."""
+    task = read_task(path_or_name)
+    try:
+        task_config(task)
+    except ConfigError as err:
+        raise ConfigError(f"{err} in {task.path}") from None
+    return task

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 
 import fsspec
 
@@ -42,18 +41,3 @@ def write_bytes(url: str, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def shipped_or_path(name_or_path: str, folder: Path, suffix: str, what: str) -> Path:
-    """`folder/<name><suffix>` for a bare name, else the path itself; a ConfigError lists the shipped names
-    when neither exists. `what` starts the message ("train.deepspeed: no DeepSpeed config")."""
-    from ardiff_scale.errors import ConfigError
-
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = folder / f"{name_or_path}{suffix}"
-    if not path.exists():
-        shipped = sorted(p.stem for p in folder.glob(f"*{suffix}"))
-        raise ConfigError(f"{what} {name_or_path!r} (shipped: {', '.join(shipped)}; or give a {suffix[1:].upper()} "
-                          "path)")
-    return path

@@ -144,11 +144,12 @@ def random_batches(args: argparse.Namespace, vocab: int, rank: int):
 
 
 def shard_batches(args: argparse.Namespace, config, rank: int, world: int):
-    from ardiff_scale.data.pipeline import open_shards, open_stream
+    from ardiff_scale.data.pipeline import open_shards
     from ardiff_scale.data.tokenizer import Tokenizer
+    from ardiff_scale.train.loader import open_loader
 
     shard_set = open_shards(args.shards, Tokenizer.load(args.tokenizer))
-    return open_stream(shard_set, config, rank, world, epochs=0, batch_size=args.batch).tensors()
+    return open_loader(shard_set, config, rank, world, epochs=0, batch_size=args.batch).tensors()
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from bench_model import machine_info, table
 
-from ardiff_scale.evaluation.plan import load_plan
-from ardiff_scale.evaluation.reproduce import Decoder, latency
-from ardiff_scale.evaluation.tasks import load_task
+from ardiff_scale.config import load_task
+from ardiff_scale.pipelines.plan import load_plan
+from ardiff_scale.pipelines.reproduce import Decoder, latency
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

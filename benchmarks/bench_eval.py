@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 from bench_model import machine_info, table
 
-from ardiff_scale.config import load_config
+from ardiff_scale.config import load_config, load_task
 from ardiff_scale.data.tokenizer import TokenizerOptions, train_tokenizer
 from ardiff_scale.evaluation.evaluate import predict, resolve_device
-from ardiff_scale.evaluation.tasks import load_task
 from ardiff_scale.export import save_model_dir
 from ardiff_scale.model import build_model, count_parameters
 

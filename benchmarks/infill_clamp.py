@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 from ardiff_scale.data.infill import infill_scores, span_positions
-from ardiff_scale.data.pipeline import open_shards, open_stream
+from ardiff_scale.data.pipeline import open_shards
 from ardiff_scale.diffusion import model_time, sample
 from ardiff_scale.diffusion.sampler import NearestEmbedding
 from ardiff_scale.diffusion.schedule import make_schedule
 from ardiff_scale.diffusion.timesteps import decode_schedule, token_step_indices
 from ardiff_scale.export import load_model_dir
+from ardiff_scale.train.loader import open_loader
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -80,7 +81,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model, config, tokenizer = load_model_dir(args.model)
     location = args.shards or config.data.valid or config.data.train
-    loader = open_stream(open_shards(location, tokenizer), config, rank=0, world=1, epochs=1,
+    loader = open_loader(open_shards(location, tokenizer), config, rank=0, world=1, epochs=1,
                          batch_size=args.windows, num_workers=0)
     batch = next(islice(loader.tensors(), 1))
     length, form = batch["tgt_ids"].shape[1], config.diffusion.timestep_form

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from ardiff_scale.config import (Config, apply_overrides, config_to_yaml, flatten, load_config,
+from ardiff_scale.config import (Config, apply_overrides, config_to_yaml, derive, flatten, load_config,
                                  shipped_recipes)
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.model.config import PRESETS
@@ -67,9 +67,9 @@ def test_apply_overrides_leaves_input_alone():
 
 
 @pytest.mark.parametrize("override, pattern", [
-    ("train.lrr=1", r"unknown train field 'lrr' in command line override .*did you mean 'lr'"),
-    ("trian.lr=1", r"unknown section 'trian' in command line override .*did you mean 'train'"),
-    ("model.presett=xsum", r"unknown model field 'presett' .*did you mean 'preset'"),
+    ("train.lrr=1", r"unknown field 'train\.lrr' in command line override 'train\.lrr=1'; did you mean 'lr'"),
+    ("trian.lr=1", r"unknown field 'trian' in command line override 'trian\.lr=1'; did you mean 'train'"),
+    ("model.presett=xsum", r"unknown field 'model\.presett' .*did you mean 'preset'"),
 ])
 def test_unknown_names_suggest_close_match(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -129,7 +129,7 @@ def test_override_is_blamed_not_the_file(tmp_path):
 def test_unknown_yaml_field_and_section_name_the_file(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("train:\n  warmup: 5\n")
-    with pytest.raises(ConfigError, match=r"'warmup'.*typo\.yaml.*did you mean 'warmup_steps'"):
+    with pytest.raises(ConfigError, match=r"'train\.warmup'.*typo\.yaml.*did you mean 'warmup_steps'"):
         load_config(path)
     path.write_text("difusion:\n  clamp: false\n")
     with pytest.raises(ConfigError, match=r"'difusion'.*typo\.yaml.*did you mean 'diffusion'"):
@@ -178,3 +178,22 @@ def test_uniform_timesteps_need_time_at_the_decoder_input():
     assert not load_config(None, ["diffusion.timestep_form=uniform", "model.time_attention=false"]).model.time_attention
     # The autoregressive baseline has no diffusion time at all.
     load_config(None, ["diffusion.timestep_form=uniform", "model.decoder=autoregressive"])
+
+
+def test_sections_sit_between_the_recipe_and_the_command_line():
+    """Typed field values from code (`train={...}`) override the recipe; command-line strings override both."""
+    cfg = load_config("tiny-cpu", ["train.lr=0.5"], train={"lr": 0.1, "max_steps": 7}, data={"target_len": 16})
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.data.target_len) == (0.5, 7, 16)
+    with pytest.raises(ConfigError, match=r"unknown field 'train\.lrr'.*did you mean 'lr'"):
+        load_config("tiny-cpu", train={"lrr": 0.1})
+
+
+def test_derive_replaces_typed_fields_and_validates():
+    cfg = load_config("tiny-cpu")
+    changed = derive(cfg, train={"max_steps": 5}, data={"target_len": 16})
+    assert (changed.train.max_steps, changed.data.target_len) == (5, 16)
+    assert cfg.train.max_steps != 5 and changed.model == cfg.model
+    with pytest.raises(TypeError, match="lrr"):  # a misspelt field fails at the call
+        derive(cfg, train={"lrr": 1.0})
+    with pytest.raises(ConfigError, match=r"train\.max_steps must be > 0 \(got 0\)"):
+        derive(cfg, train={"max_steps": 0})

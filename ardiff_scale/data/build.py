@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from ardiff_scale.data.corpus import read_documents
@@ -45,18 +46,38 @@ def tokenizer_command(inputs: Sequence[str], output: str, options: TokenizerOpti
     return tokenizer
 
 
-def shards_command(kind: str, inputs: Sequence[str], fmt: str, split: str, tokenizer_path: str, output: str,
-                   samples_per_shard: int, max_tokens: int, min_tokens: int, processes: int, field: str) -> dict:
-    tokenizer = Tokenizer.load(tokenizer_path)
-    if kind == "pretrain":
-        if fmt not in ("text", "jsonl"):
-            raise DataError(f"pretraining shards read plain documents: --format text or jsonl (got {fmt!r})")
-        records: Iterator = (doc for url in inputs for doc in read_documents(url, field))
+@dataclass
+class ShardsOptions:
+    """What `ardiff shards build` tokenises, with what, and into which shards."""
+
+    inputs: Sequence[str]  # files, directories or URLs to read
+    tokenizer: str  # a sentencepiece .model or a Hugging Face tokenizer.json, its card beside it
+    output: str  # shard directory: a local path or a URL
+    kind: str = "pretrain"  # "pretrain" (documents) or "seq2seq" (task pairs)
+    # pretrain: text or jsonl; seq2seq: a task reader's format (jsonl, xsum, xsum-lines, cnndm, iwslt, commongen).
+    format: str = "jsonl"
+    split: str = "train"  # the seq2seq split read: train, valid or test
+    samples_per_shard: int = 2000
+    max_tokens: int = 512  # pretrain window length; longer documents are split into windows
+    min_tokens: int = 30  # shorter pretrain windows are dropped and counted
+    processes: int = 2  # tokenising processes
+    field: str = "text"  # the JSON field holding a document's text
+
+
+def shards_command(options: ShardsOptions) -> dict:
+    tokenizer = Tokenizer.load(options.tokenizer)
+    inputs = list(options.inputs)
+    if options.kind == "pretrain":
+        if options.format not in ("text", "jsonl"):
+            raise DataError(f"pretraining shards read plain documents: --format text or jsonl "
+                            f"(got {options.format!r})")
+        records: Iterator = (doc for url in inputs for doc in read_documents(url, options.field))
     else:
-        from ardiff_scale.data.tasks import read_pairs
-        records = (pair for url in inputs for pair in read_pairs(url, fmt, split))
-    return build_shards(records, kind, output, tokenizer, samples_per_shard=samples_per_shard,
-                        max_tokens=max_tokens, min_tokens=min_tokens, processes=processes, inputs=list(inputs))
+        from ardiff_scale.tasks.readers import read_pairs
+        records = (pair for url in inputs for pair in read_pairs(url, options.format, options.split))
+    return build_shards(records, options.kind, options.output, tokenizer, samples_per_shard=options.samples_per_shard,
+                        max_tokens=options.max_tokens, min_tokens=options.min_tokens, processes=options.processes,
+                        inputs=inputs)
 
 
 def inspect_command(location: str, samples: int) -> None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ardiff_scale.config import Config
 from ardiff_scale.data.objectives import Example, collate, paragraph_denoise, require_mask, seq2seq_example
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.stream import BatchLoader, BatchStream, StreamOptions
@@ -70,16 +69,22 @@ def open_shards(location: str, tokenizer: Tokenizer | None = None) -> ShardSet:
     return shard_set
 
 
-def open_stream(shard_set: ShardSet, config: Config, rank: int, world: int, epochs: int,
-                batch_size: int | None = None, num_workers: int | None = None,
-                specials: SpecialIds | None = None) -> BatchLoader:
-    """The batch loader of this rank for an already validated shard set (see `open_shards`): micro-batches of
-    `batch_size` (default train.micro_batch_size) made in data.num_workers worker processes, with the special
-    ids of the shards' tokenizer (or `specials`)."""
-    data = config.data
-    options = StreamOptions(seed=config.train.seed, open_shards=data.open_shards, epochs=epochs,
-                            on_error=data.on_error, prefetch_shards=data.prefetch_shards)
-    maker = BatchMaker(shard_set.kind or "pretrain", data.source_len, data.target_len, data.mask_fraction,
-                       config.train.seed, specials or shard_set.specials)
-    stream = BatchStream(shard_set, options, rank, world, batch_size or config.train.micro_batch_size, maker)
-    return BatchLoader(stream, num_workers=data.num_workers if num_workers is None else num_workers)
+@dataclass(frozen=True)
+class BatchOptions:
+    """How stream samples become this run's batches."""
+
+    source_len: int
+    target_len: int
+    mask_fraction: float  # pretraining: the share of a window's tokens masked to form the target
+    seed: int  # keys the masking, with the epoch and the sample
+    batch_size: int
+
+
+def open_stream(shard_set: ShardSet, stream: StreamOptions, batch: BatchOptions, rank: int, world: int,
+                num_workers: int, specials: SpecialIds | None = None) -> BatchLoader:
+    """The batch loader of this rank for an already validated shard set (see `open_shards`): batches made in
+    `num_workers` worker processes (-1: auto, see `BatchLoader`), with the special ids of the shards'
+    tokenizer (or `specials`)."""
+    maker = BatchMaker(shard_set.kind or "pretrain", batch.source_len, batch.target_len, batch.mask_fraction,
+                       batch.seed, specials or shard_set.specials)
+    return BatchLoader(BatchStream(shard_set, stream, rank, world, batch.batch_size, maker), num_workers=num_workers)

@@ -36,7 +36,7 @@ from ardiff_scale.io import read_bytes, write_bytes
 from ardiff_scale.vocab import SENTENCEPIECE_SPECIALS, SpecialIds
 
 if TYPE_CHECKING:
-    from ardiff_scale.data.tasks import Pair
+    from ardiff_scale.tasks.readers import Pair
 
 log = logging.getLogger("ardiff.data")
 

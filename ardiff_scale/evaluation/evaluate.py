@@ -13,12 +13,13 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ardiff_scale.config import Config
+from ardiff_scale.config import Config, load_task
 from ardiff_scale.data.objectives import collate, seq2seq_example
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.decoding import decode
@@ -30,10 +31,10 @@ from ardiff_scale.evaluation.metrics import (
     metric_keys,
     sentence_scores,
 )
-from ardiff_scale.evaluation.tasks import TaskSpec, load_task
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.io import write_bytes
 from ardiff_scale.model import AutoregressiveModel
+from ardiff_scale.tasks.spec import TaskSpec
 
 log = logging.getLogger("ardiff.evaluation")
 
@@ -214,25 +215,43 @@ def write_results(output: Path, records: list[dict], metrics: dict, info: dict) 
     write_bytes(str(output / "metrics.json"), json.dumps({"metrics": metrics, **info}, indent=2).encode())
 
 
-def evaluate(task_name: str, model_dir: str, output: str | None, split: str = "test", limit: int | None = None,
-             part: tuple[int, int] = (0, 1), steps: int | None = None, candidates: int | None = None,
-             seed: int = 0, batch_sources: int | None = None, device: str | None = None) -> dict:
-    """`predict`, then metrics, written to `output`; seconds and sources/s cover `predict` (model load, sampling
-    and MBR)."""
-    task = load_task(task_name)
-    device = resolve_device(device)
+@dataclass
+class EvaluateOptions:
+    """What `ardiff evaluate` decodes and scores, and how."""
+
+    task: str  # a task name from eval/tasks or a YAML path
+    model_dir: str  # the model directory to evaluate
+    output: str | None = None  # results directory; None: runs/eval-TASK
+    split: str = "test"
+    limit: int | None = None  # only the first N examples; None: all
+    part: tuple[int, int] = (0, 1)  # (i, n): this worker takes examples i, i+n, i+2n, ...
+    steps: int | None = None  # decoding steps M; None: the task's
+    candidates: int | None = None  # candidates k; None: the task's
+    seed: int = 0
+    batch_sources: int | None = None  # sources per sampler call; None: `auto_batch_sources` for k and the device
+    device: str | None = None  # None: "cuda" if there is a GPU, else "cpu"
+
+
+def evaluate(options: EvaluateOptions) -> dict:
+    """`predict`, then metrics, written to `options.output`; seconds and sources/s cover `predict` (model load,
+    sampling and MBR)."""
+    task = load_task(options.task)
+    device = resolve_device(options.device)
+    steps, candidates, part = options.steps, options.candidates, options.part
+    batch_sources = options.batch_sources
     if batch_sources is None:  # resolved here too, for the record
         batch_sources = auto_batch_sources(candidates or task.decode.candidates, device)
     started = time.perf_counter()
-    records = predict(task_name, model_dir, split, limit, part, steps, candidates, seed, batch_sources, device)
+    records = predict(options.task, options.model_dir, options.split, options.limit, part, steps, candidates,
+                      options.seed, batch_sources, device)
     seconds = time.perf_counter() - started
-    out = Path(output or f"runs/eval-{task.name}")
-    info = {"task": task.name, "model": str(model_dir), "split": split, "examples": len(records),
+    out = Path(options.output or f"runs/eval-{task.name}")
+    info = {"task": task.name, "model": str(options.model_dir), "split": options.split, "examples": len(records),
             "part": list(part), "seconds": round(seconds, 3),
             "sources_per_second": round(len(records) / seconds, 3) if seconds > 0 else None,
             "steps": steps or task.decode.steps, "candidates": candidates or task.decode.candidates,
             "batch_sources": batch_sources, "device": device}
-    metrics = score(task_name, records) if part[1] == 1 else {}
+    metrics = score(options.task, records) if part[1] == 1 else {}
     if part[1] == 1 and len(records[0]["candidates"]) > 1:
         ordered = sorted(records, key=lambda r: r["index"])
         scored = score_candidates(task, [r["candidates"] for r in ordered], [r["refs"] for r in ordered],

@@ -71,7 +71,9 @@ class OfficialModel:
     """An official checkpoint in ardiff-scale's terms."""
 
     model: ModelConfig
-    overrides: list[str]  # run-config settings that follow from the official config (steps, lengths, form)
+    # Run-config fields that follow from the official config (steps, lengths, form), per section:
+    # {"diffusion": {"num_steps": 2000, ...}, "data": {...}}.
+    sections: dict[str, dict[str, Any]]
     weights: dict[str, torch.Tensor]  # our state dict
     step: int | None  # the official `offset`, the optimizer step the checkpoint was written at
 
@@ -265,7 +267,7 @@ def map_weights(state: dict[str, torch.Tensor], model: ModelConfig) -> dict[str,
 
 
 def convert(config: dict[str, Any], state: dict[str, torch.Tensor], step: int | None = None) -> OfficialModel:
-    """An official (config, state dict) pair as our model config, run-config overrides and state dict."""
+    """An official (config, state dict) pair as our model config, run-config fields and state dict."""
     model = model_config(config, state)
     weights = map_weights(state, model)
     with torch.device("meta"):  # shapes only: the weights are built once, by whoever loads these
@@ -276,17 +278,16 @@ def convert(config: dict[str, Any], state: dict[str, torch.Tensor], step: int | 
                         f"{(wrong or sorted(set(weights) - set(expected)))[0]})")
     form = TIMESTEP_FORMS[config.get("schedule_sampler", "xy_uniform")]
     steps = int(config.get("diffusion_steps", 2000))
-    overrides = [f"diffusion.num_steps={steps}", f"diffusion.timestep_form={form}", "diffusion.clamp=true"]
+    diffusion: dict[str, Any] = {"num_steps": steps, "timestep_form": form, "clamp": True}
     if form == "uniform":
         # The official uniform sampler strides by skip_timestep over T: as many steps as that visits.
         skip = int(config.get("skip_timestep", 100))
-        overrides.append(f"diffusion.decode_steps={len(range(steps - 1, -1, -skip))}")
+        diffusion["decode_steps"] = len(range(steps - 1, -1, -skip))
     elif config.get("gen_timesteps"):
-        overrides.append(f"diffusion.decode_steps={int(config['gen_timesteps'])}")
+        diffusion["decode_steps"] = int(config["gen_timesteps"])
     target_len = int(config.get("tgt_len", model.max_target_len))
-    overrides += [f"data.target_len={min(target_len, model.max_target_len)}",
-                  f"data.source_len={model.max_source_len}"]
-    return OfficialModel(model=model, overrides=overrides, weights=weights, step=step)
+    data = {"target_len": min(target_len, model.max_target_len), "source_len": model.max_source_len}
+    return OfficialModel(model=model, sections={"diffusion": diffusion, "data": data}, weights=weights, step=step)
 
 
 def load_official(checkpoint: str | os.PathLike, config: str | os.PathLike) -> OfficialModel:
@@ -296,8 +297,7 @@ def load_official(checkpoint: str | os.PathLike, config: str | os.PathLike) -> O
 
 def run_config(official: OfficialModel) -> Config:
     """A full run config for the imported model (what a model directory's config.yaml holds)."""
-    fields = [f"model.{k}={v}" for k, v in official.model.to_dict().items()]
-    return load_config(None, [*fields, *official.overrides])
+    return load_config(None, model=official.model.to_dict(), **official.sections)
 
 
 def describe(official: OfficialModel) -> str:

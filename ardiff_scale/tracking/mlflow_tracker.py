@@ -1,4 +1,4 @@
-"""MLflow tracking that never stalls or stops training. The only module that imports mlflow.
+"""MLflow tracking that never stalls or stops training.
 
 Everything a run logs (the run's creation, params, metrics, artifacts, its end) goes through one bounded
 queue to a background thread that delivers it in order, batching metrics with log_batch. While the server
@@ -49,6 +49,21 @@ def resolve_tracking_uri(configured: str, run_dir: Path, nodes: int = 1, warn: b
         log.warning("MLflow store %s with %d nodes: only rank 0 writes it, but it must be on storage that "
                     "outlives this node (a tracking server is the safer choice)", uri, nodes)
     return uri
+
+
+def experiment_id(client: Any, name: str, tracking_uri: str, artifact_root: Path | None = None) -> str:
+    """The id of experiment `name`, created when missing: the one place experiments are made. `artifact_root`:
+    where a store without a server keeps the new experiment's artifacts (a server decides that itself)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if served(tracking_uri) and experiment.artifact_location.startswith(("file:", "/")):
+            log.warning("experiment %r keeps artifacts at %s, a path on whichever machine logs them, not in the "
+                        "server's artifact store: use a new experiment name", name, experiment.artifact_location)
+        return experiment.experiment_id
+    # A server's artifact proxy (mlflow-artifacts:/...) is reachable from every node; a local directory given
+    # to it would send each artifact to the disk of the process that logs it.
+    local = artifact_root and not served(tracking_uri)
+    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri() if local else None)
 
 
 class MLflowTracker:
@@ -133,9 +148,9 @@ class MLflowTracker:
             run_id = self.resume_run_id
             log.info("MLflow run %s continued at %s", run_id, self.tracking_uri)
         else:
-            experiment_id = self._experiment_id()
+            experiment = experiment_id(self.client, self.experiment, self.tracking_uri, self.artifact_root)
             tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
-            run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            run_id = self.client.create_run(experiment, run_name=self.run_name, tags=tags).info.run_id
             log.info("MLflow run %s in experiment %r at %s", run_id, self.experiment, self.tracking_uri)
         self.run_id = run_id
         if self.on_start:
@@ -143,20 +158,6 @@ class MLflowTracker:
                 self.on_start(run_id)
             except Exception as err:  # not a delivery failure: retrying would start another run
                 log.warning("could not record the MLflow run id %s: %s", run_id, err)
-
-    def _experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.experiment)
-        if experiment is not None:
-            if served(self.tracking_uri) and experiment.artifact_location.startswith(("file:", "/")):
-                log.warning("experiment %r keeps artifacts at %s, a path on whichever machine logs them, not "
-                            "in the server's artifact store: use a new tracking.experiment", self.experiment,
-                            experiment.artifact_location)
-            return experiment.experiment_id
-        # A server's artifact proxy (mlflow-artifacts:/...) is reachable from every node; a local directory
-        # given to it would send each artifact to the disk of the process that logs it.
-        local = self.artifact_root and not served(self.tracking_uri)
-        location = self.artifact_root.resolve().as_uri() if local else None
-        return self.client.create_experiment(self.experiment, artifact_location=location)
 
     def _continue_run(self, run_id: str) -> bool:
         """Mark an earlier run RUNNING again; False when this store has no such (live) run."""

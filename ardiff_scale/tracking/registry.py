@@ -1,5 +1,6 @@
-"""A suite in MLflow: the parent run with its results, an evaluation child run per task, and each task's model
-in the Model Registry as a pyfunc whose `predict` generates text (so `mlflow models serve` can serve it)."""
+"""Parent runs and registered models: a suite's parent run with its results, an evaluation child run per task,
+each task's model in the Model Registry as a pyfunc whose `predict` generates text (so `mlflow models serve`
+can serve it), and a reproduction's parent run (`ReportRun`) that its training runs nest under."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 from mlflow.tracking import MlflowClient
+
+from ardiff_scale.tracking.mlflow_tracker import experiment_id
 
 
 class ARDiffusionPyfunc(mlflow.pyfunc.PythonModel):
@@ -39,18 +42,13 @@ class ARDiffusionPyfunc(mlflow.pyfunc.PythonModel):
         return [texts[choice] for texts, choice in zip(candidates, mbr_select(candidates))]
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
-
-
 class SuiteRun:
     """The suite's parent run."""
 
     def __init__(self, tracking_uri: str, experiment: str, tasks: list[str], init: str):
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
-        self.experiment_id = _experiment_id(self.client, experiment)
+        self.experiment_id = experiment_id(self.client, experiment, tracking_uri)
         run = self.client.create_run(self.experiment_id, run_name="suite", tags={"ardiff.stage": "suite"})
         self.run_id = run.info.run_id
         self.client.log_param(self.run_id, "tasks", ",".join(tasks))
@@ -108,7 +106,7 @@ def log_eval_run(tracking_uri: str, experiment: str, parent_run_id: str, task: s
     registered model's name."""
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    run = client.create_run(_experiment_id(client, experiment), run_name=f"{task}-evaluate",
+    run = client.create_run(experiment_id(client, experiment, tracking_uri), run_name=f"{task}-evaluate",
                             tags={"mlflow.parentRunId": parent_run_id, "ardiff.stage": "evaluate", "ardiff.task": task})
     run_id = run.info.run_id
     for key, value in {**metrics, "examples": info["examples"], "sources_per_second": info["sources_per_second"],
@@ -122,3 +120,28 @@ def log_eval_run(tracking_uri: str, experiment: str, parent_run_id: str, task: s
                                 registered_model_name=name)
     client.set_terminated(run_id, "FINISHED")
     return name
+
+
+class ReportRun:
+    """The MLflow parent run of one reproduction: training runs nest under it, the report lands on it."""
+
+    def __init__(self, tracking_uri: str, plan_name: str, plan: dict):
+        self.client = MlflowClient(tracking_uri)
+        run = self.client.create_run(experiment_id(self.client, "ardiff-reproduce", tracking_uri),
+                                     run_name=f"reproduce-{plan_name}",
+                                     tags={"ardiff.stage": "reproduce"})
+        self.run_id = run.info.run_id
+        for key, value in plan.items():
+            self.client.log_param(self.run_id, key, ",".join(map(str, value)) if isinstance(value, list) else value)
+
+    def finish(self, results: dict, files: list[Path]) -> None:
+        for row in results["rows"]:
+            tag = row["decoding"].replace(" ", "") if row["steps"] is None else f"k{row['k']}"
+            for key, value in row["mbr"].items():
+                self.client.log_metric(self.run_id, f"{row['task']}.{row['system']}.{tag}.{key}", value,
+                                       step=row["steps"] or 0)
+            self.client.log_metric(self.run_id, f"{row['task']}.{row['system']}.{tag}.seconds_per_source",
+                                   row["seconds_per_source"], step=row["steps"] or 0)
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, "FINISHED")

@@ -18,7 +18,7 @@ from torch import nn
 
 from ardiff_scale.config import Config
 from ardiff_scale.errors import ConfigError
-from ardiff_scale.io import shipped_or_path
+from ardiff_scale.loader import shipped_or_path
 
 log = logging.getLogger("ardiff.train")
 
@@ -62,7 +62,7 @@ def device() -> torch.device:
 
 def load_ds_config(name_or_path: str) -> tuple[dict, str]:
     """A shipped config by name (zero0 .. zero3, zero3-offload) or any JSON path."""
-    path = shipped_or_path(name_or_path, DS_CONFIG_DIR, ".json", "train.deepspeed: no DeepSpeed config")
+    path = shipped_or_path(name_or_path, DS_CONFIG_DIR, "DeepSpeed config", ".json", key="train.deepspeed")
     try:
         return json.loads(path.read_text()), str(path)
     except json.JSONDecodeError as err:

@@ -11,11 +11,11 @@ import torch
 
 from ardiff_scale.config import Config
 from ardiff_scale.data.infill import InfillScores, infill_scores
-from ardiff_scale.data.pipeline import open_stream
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.decoding import decode
 from ardiff_scale.train.engine import gathered
+from ardiff_scale.train.loader import open_loader
 from ardiff_scale.train.trainer import Callback, Trainer
 
 log = logging.getLogger("ardiff.train")
@@ -73,7 +73,7 @@ class Validation(_Periodic):
     @torch.no_grad()
     def run(self, trainer: Trainer) -> None:
         # A few batches, read in this process: worker start-up would cost more than the reading.
-        loader = open_stream(self.shard_set, self.config, rank=0, world=1, epochs=1, num_workers=0)
+        loader = open_loader(self.shard_set, self.config, rank=0, world=1, epochs=1, num_workers=0)
         generator = torch.Generator(trainer.device).manual_seed(0)
         trainer.engine.eval()
         losses = []
@@ -104,7 +104,7 @@ class SampleGeneration(_Periodic):
 
     def run(self, trainer: Trainer) -> None:
         config, tokenizer = self.config, self.tokenizer
-        loader = open_stream(self.shard_set, config, rank=0, world=1, epochs=1, batch_size=self.scored,
+        loader = open_loader(self.shard_set, config, rank=0, world=1, epochs=1, batch_size=self.scored,
                              num_workers=0)
         batch = next(loader.tensors())
         trainer.model.eval()

@@ -75,7 +75,7 @@ def test_truncated_shard_is_reported_with_its_url(shard_dir, tmp_path):
 
 
 def test_seq2seq_shards_keep_both_sides_and_references(tmp_path, tokenizer):
-    from ardiff_scale.data.tasks import Pair
+    from ardiff_scale.tasks.readers import Pair
     pairs = [Pair(id=f"p{i}", src=f"ein Satz {i}", tgt=f"a sentence {i}", refs=[f"a sentence {i}", "other"])
              for i in range(7)]
     manifest = build_shards(pairs, "seq2seq", str(tmp_path), tokenizer, samples_per_shard=4)

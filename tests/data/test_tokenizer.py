@@ -7,13 +7,26 @@ import pytest
 
 from ardiff_scale.config import load_config
 from ardiff_scale.data.objectives import collate, paragraph_denoise, seq2seq_example
-from ardiff_scale.data.pipeline import BatchMaker, open_shards, open_stream
+from ardiff_scale.data.pipeline import BatchMaker, open_shards
 from ardiff_scale.data.shards import build_shards
-from ardiff_scale.data.tasks import Pair
-from ardiff_scale.data.tokenizer import (BOS, EOS, MASK, PAD, SENTENCEPIECE_SPECIALS, HFTokenizer,
-                                         SentencePieceTokenizer, SpecialIds, Tokenizer, TokenizerOptions,
-                                         tokenizer_file_in, tokenizer_file_name, train_tokenizer)
+from ardiff_scale.data.tokenizer import (
+    BOS,
+    EOS,
+    MASK,
+    PAD,
+    SENTENCEPIECE_SPECIALS,
+    HFTokenizer,
+    SentencePieceTokenizer,
+    SpecialIds,
+    Tokenizer,
+    TokenizerOptions,
+    tokenizer_file_in,
+    tokenizer_file_name,
+    train_tokenizer,
+)
 from ardiff_scale.errors import DataError
+from ardiff_scale.tasks.readers import Pair
+from ardiff_scale.train.loader import open_loader
 
 TEXT = ["It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
         "want of a wife.\n\nHowever little known the feelings or views of such a man may be on his first "
@@ -88,7 +101,8 @@ def wordpiece(wordpiece_vocab):
 
 def train_bpe(directory, specials=("<pad>", "<s>", "</s>", "<unk>", "<mask>")):
     """A byte-level BPE as the official IWSLT script trains one, saved as vocab.json + merges.txt."""
-    from tokenizers import Tokenizer as Backend, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers, trainers
 
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -272,7 +286,7 @@ def test_wordpiece_seq2seq_shards_read_back_through_the_stream(wordpiece, tmp_pa
     maker = BatchMaker("seq2seq", 16, 10, 0.3, 0, shard_set.specials)
     assert pickle.loads(pickle.dumps(maker)) == maker  # what a spawned DataLoader worker receives
     # One worker process: the special ids reach it inside the batch maker.
-    batch = next(open_stream(shard_set, config, rank=0, world=1, epochs=1).tensors())
+    batch = next(open_loader(shard_set, config, rank=0, world=1, epochs=1).tensors())
     src, mask, tgt = batch["src_ids"], batch["src_mask"], batch["tgt_ids"]
     assert src.shape == (12, 16) and tgt.shape == (12, 10)
     expected = {tuple([101, *wordpiece.encode(p.src), 102]): [101, *wordpiece.encode(p.tgt)[:8], 102] for p in pairs}

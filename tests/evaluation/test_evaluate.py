@@ -13,6 +13,7 @@ from ardiff_scale.decoding import decode
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.evaluation import evaluate as evaluation
 from ardiff_scale.evaluation.evaluate import (
+    EvaluateOptions,
     auto_batch_sources,
     evaluate,
     example_seed,
@@ -149,6 +150,6 @@ def test_the_default_batch_fills_about_a_devices_worth_of_sampler_rows(k, device
 
 
 def test_the_default_batch_is_recorded_with_the_results(task, diffusion_dir, tmp_path):
-    info = evaluate(str(task), str(diffusion_dir), str(tmp_path / "eval"), limit=3, steps=2, candidates=3,
-                    device="cpu")
+    info = evaluate(EvaluateOptions(str(task), str(diffusion_dir), str(tmp_path / "eval"), limit=3, steps=2,
+                                    candidates=3, device="cpu"))
     assert info["batch_sources"] == 5 and info["device"] == "cpu" and info["examples"] == 3

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_official import FIXTURE, _newest
 
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.interop.official import load_official
-
-from test_official import FIXTURE, _newest
 
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,8 @@ def test_sizes_come_from_the_checkpoint_and_config(official, config):
     assert m.time_channels == config["time_channels"] and m.num_heads == config["num_attention_heads"]
     assert m.max_source_len == m.max_target_len == config["max_pos_len"]
     assert m.time_attention == bool(config.get("time_att", True))
-    assert f"diffusion.num_steps={config['diffusion_steps']}" in official.overrides
-    assert f"data.target_len={config['tgt_len']}" in official.overrides
+    assert official.sections["diffusion"]["num_steps"] == config["diffusion_steps"]
+    assert official.sections["data"]["target_len"] == config["tgt_len"]
     assert step == official.step
 
 
@@ -92,7 +92,7 @@ def test_per_token_loss_terms_match(model, ref):
 def test_skipping_sampler_replays_every_official_step(official, model, ref):
     steps = ref["sample_noise"].shape[0]
     # The timestep form follows the official config (xy_uniform: "code"; uniform: "uniform").
-    (form,) = [o.split("=", 1)[1] for o in official.overrides if o.startswith("diffusion.timestep_form=")]
+    form = official.sections["diffusion"]["timestep_form"]
     out = sample(model, ref["src_ids"], ref["src_mask"], ref["tgt_ids"].shape[1], sqrt_schedule(_steps(ref)),
                  decode_steps=steps, form=form, clamp=True,
                  noise=SamplerNoise(ref["sample_x_T"], ref["sample_noise"]), return_states=True)
@@ -158,7 +158,7 @@ def test_uniform_baseline_checkpoint_maps_time_to_the_decoder_input(config):
                 "time_trans.2.bias": torch.randn(hidden, generator=generator)}
     imported = convert(config | {"schedule_sampler": "uniform", "time_att": False}, uniform)
     assert not imported.model.time_attention
-    assert "diffusion.timestep_form=uniform" in imported.overrides
+    assert imported.sections["diffusion"]["timestep_form"] == "uniform"
     assert torch.equal(imported.weights["time_mlp.2.weight"], uniform["time_trans.2.weight"])
     build_model(imported.model).load_state_dict(imported.weights)
     with pytest.raises(ConfigError, match="time_att: true with schedule_sampler: uniform"):

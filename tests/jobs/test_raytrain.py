@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from ardiff_scale.config import load_config
+from ardiff_scale.config import load_task
 from ardiff_scale.errors import ConfigError
-from ardiff_scale.evaluation.tasks import TaskResources, load_task
-from ardiff_scale.jobs.raytrain import absolute_paths, blind_nodes, gpus_to_request
-from ardiff_scale.jobs.suite import eval_options, finetune_scaling
+from ardiff_scale.jobs.raytrain import blind_nodes, gpus_to_request
+from ardiff_scale.pipelines.suite import eval_options, finetune_scaling
+from ardiff_scale.tasks.spec import TaskResources
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ardiff_scale"
 
@@ -40,17 +40,6 @@ def test_on_a_cpu_cluster_the_same_task_asks_for_no_gpu():
     scaling = finetune_scaling(resources, gpus)
     assert not scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1}
     assert eval_options(resources, gpus) == {"num_cpus": 1}
-
-
-def test_relative_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = load_config("tiny-cpu", ["data.train=shards/train", "data.valid=s3://bucket/valid",
-                                      "data.tokenizer=tok/t.model", "train.output_dir=runs/x", "train.resume=auto"])
-    fixed = absolute_paths(config)
-    assert fixed.data.train == str(tmp_path / "shards/train") and fixed.data.tokenizer == str(tmp_path / "tok/t.model")
-    assert fixed.train.output_dir == str(tmp_path / "runs/x")
-    assert fixed.data.valid == "s3://bucket/valid" and fixed.train.resume == "auto"
-    assert fixed.model == config.model and fixed.ray == config.ray
 
 
 def test_no_production_module_sets_ray_test_knobs():

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from launching import INSTRUMENTED, launch, losses, records, single
 
 pytestmark = pytest.mark.integration
@@ -77,7 +76,7 @@ def test_metrics_are_reduced_once_per_logging_window(two_process_run):
         assert all(c["device"] == "cpu" for c in metric_reductions)  # the engine's device here
         others = {c["module"] for c in record["calls"]} - {"ardiff_scale.train.trainer"}
         assert others <= {"ardiff_scale.train.distributed", "ardiff_scale.train.checkpoint",
-                          "ardiff_scale.train.pretrain", "ardiff_scale.train.ema"}, others
+                          "ardiff_scale.pipelines.pretrain", "ardiff_scale.train.ema"}, others
         # Per step only the stop/save agreement: one small all-reduce, never on the device.
         agreements = [c for c in record["calls"] if c["module"] == "ardiff_scale.train.distributed"
                       and c["op"] == "all_reduce"]

@@ -11,45 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from ardiff_scale.io import write_bytes
+from ardiff_scale.tasks.spec import REPO_ROOT
+from ardiff_scale.tracking.registry import ReportRun
 
 SYSTEM_NAMES = {"ar-diffusion": "AR-Diffusion", "uniform-diffusion": "uniform diffusion",
                 "autoregressive": "autoregressive"}
 
 
-class ReportRun:
-    """The MLflow parent run of one reproduction: training runs nest under it, the report lands on it."""
-
-    def __init__(self, tracking_uri: str, plan_name: str, plan: dict):
-        self.client = MlflowClient(tracking_uri)
-        experiment = self.client.get_experiment_by_name("ardiff-reproduce")
-        experiment_id = (experiment.experiment_id if experiment
-                         else self.client.create_experiment("ardiff-reproduce"))
-        run = self.client.create_run(experiment_id, run_name=f"reproduce-{plan_name}",
-                                     tags={"ardiff.stage": "reproduce"})
-        self.run_id = run.info.run_id
-        for key, value in plan.items():
-            self.client.log_param(self.run_id, key, ",".join(map(str, value)) if isinstance(value, list) else value)
-
-    def finish(self, results: dict, files: list[Path]) -> None:
-        for row in results["rows"]:
-            tag = row["decoding"].replace(" ", "") if row["steps"] is None else f"k{row['k']}"
-            for key, value in row["mbr"].items():
-                self.client.log_metric(self.run_id, f"{row['task']}.{row['system']}.{tag}.{key}", value,
-                                       step=row["steps"] or 0)
-            self.client.log_metric(self.run_id, f"{row['task']}.{row['system']}.{tag}.seconds_per_source",
-                                   row["seconds_per_source"], step=row["steps"] or 0)
-        for path in files:
-            self.client.log_artifact(self.run_id, str(path))
-        self.client.set_terminated(self.run_id, "FINISHED")
-
-
 def _relative(path: str) -> str:
     """A path inside the repository as a repository path, so a committed report names no machine's folders."""
-    from ardiff_scale.evaluation.tasks import REPO_ROOT
-
     try:
         return str(Path(path).resolve().relative_to(REPO_ROOT))
     except ValueError:

@@ -7,7 +7,7 @@
    another shape and starts fresh);
 4. the decode sweep on the first test sources: quality against decode steps M and candidates k (MBR,
    mean-of-k and oracle scores apart), beside the baseline's greedy and beam search, with wall-clock time;
-5. the report (ardiff_scale/evaluation/report.py): results.md, results.json and plots, logged to MLflow.
+5. the report (ardiff_scale/pipelines/report.py): results.md, results.json and plots, logged to MLflow.
 
 Trained models are reused when their run directory already holds them and an unfinished training resumes
 from its newest checkpoint, so an interrupted run continues where it stopped; `--fresh` starts over.
@@ -26,11 +26,12 @@ import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ardiff_scale.config import load_config
+from ardiff_scale.config import load_config, load_task, merge_sections
 from ardiff_scale.data.objectives import collate, seq2seq_example
 from ardiff_scale.data.shards import build_shards
 from ardiff_scale.data.tokenizer import TOKENIZER_FILES, Tokenizer, TokenizerOptions, train_tokenizer
@@ -38,10 +39,15 @@ from ardiff_scale.decoding import decode
 from ardiff_scale.diffusion import make_schedule
 from ardiff_scale.errors import DataError
 from ardiff_scale.evaluation.evaluate import primary_key, score_candidates
-from ardiff_scale.evaluation.plan import SYSTEM_OVERRIDES, Plan, load_plan
-from ardiff_scale.evaluation.tasks import TaskSpec, load_task, locate_data
 from ardiff_scale.export import load_model_dir
 from ardiff_scale.model import count_parameters
+from ardiff_scale.pipelines.finetune import finetune as finetune_task
+from ardiff_scale.pipelines.plan import SYSTEM_CHANGES, Plan, load_plan
+from ardiff_scale.pipelines.pretrain import run_pretraining
+from ardiff_scale.pipelines.report import write_report
+from ardiff_scale.tasks.spec import TaskSpec, locate_data
+from ardiff_scale.tracking.mlflow_tracker import resolve_tracking_uri
+from ardiff_scale.tracking.registry import ReportRun
 
 log = logging.getLogger("ardiff.reproduce")
 
@@ -85,16 +91,15 @@ def _done(run: Path) -> bool:
             and any((model_dir / name).exists() for name in TOKENIZER_FILES))
 
 
-def _run_overrides(tracking_uri: str, parent: str, name: str) -> list[str]:
-    """Overrides of every training run: MLflow nesting under the report run, and resuming."""
+def _run_sections(tracking_uri: str, parent: str, name: str) -> dict[str, dict[str, Any]]:
+    """What every training run sets: MLflow nesting under the report run, and resuming."""
     # resume=auto: a training the last call left unfinished continues from its newest checkpoint.
-    return [f"tracking.tracking_uri={tracking_uri}", "tracking.experiment=ardiff-reproduce",
-            f"tracking.run_name={name}", f"tracking.parent_run_id={parent}", "train.resume=auto"]
+    return {"tracking": {"tracking_uri": tracking_uri, "experiment": "ardiff-reproduce", "run_name": name,
+                         "parent_run_id": parent},
+            "train": {"resume": "auto"}}
 
 
-def pretrain(plan: Plan, work: Path, tokenizer_path: Path, run_overrides: list[str]) -> Path:
-    from ardiff_scale.train.pretrain import run_pretraining
-
+def pretrain(plan: Plan, work: Path, tokenizer_path: Path, run_sections: dict[str, dict[str, Any]]) -> Path:
     run = work / "pretrain"
     if _done(run):
         log.info("pretraining: reusing %s", run)
@@ -104,30 +109,30 @@ def pretrain(plan: Plan, work: Path, tokenizer_path: Path, run_overrides: list[s
     if not (shards / "manifest.json").exists():
         build_shards(_documents(plan.pretrain_documents), "pretrain", str(shards), tokenizer,
                      samples_per_shard=1000, max_tokens=plan.pretrain_source_len - 2, min_tokens=16)
-    config = load_config("tiny-cpu", [
-        *plan.model, f"model.vocab_size={plan.vocab_size}", f"data.train={shards}", f"data.tokenizer={tokenizer_path}",
-        f"data.source_len={plan.pretrain_source_len}", f"data.target_len={plan.pretrain_target_len}",
-        f"train.max_steps={plan.pretrain_steps}", f"train.output_dir={run}", f"train.seed={plan.seed + 101}",
-        *plan.train, *run_overrides])
+    # The plan's model.* and train.* lines are the user's overrides, as on a command line: they come last.
+    changes = merge_sections({"model": {"vocab_size": plan.vocab_size},
+                       "data": {"train": str(shards), "tokenizer": str(tokenizer_path),
+                                "source_len": plan.pretrain_source_len, "target_len": plan.pretrain_target_len},
+                       "train": {"max_steps": plan.pretrain_steps, "output_dir": str(run), "seed": plan.seed + 101}},
+                      run_sections)
+    config = load_config("tiny-cpu", [*plan.model, *plan.train], **changes)
     log.info("pretraining AR-Diffusion for %d steps -> %s", plan.pretrain_steps, run)
     run_pretraining(config)
     return run / "model-ema"
 
 
-def finetune(plan: Plan, work: Path, task: str, system: str, init: Path, run_overrides: list[str]) -> Path:
-    from ardiff_scale.train.finetune import finetune as finetune_task
-
+def finetune(plan: Plan, work: Path, task: str, system: str, init: Path, run_sections: dict[str, dict[str, Any]]
+             ) -> Path:
     run = work / "finetune" / f"{task}-{system}"
     if _done(run):
         log.info("fine-tuning %s on %s: reusing %s", system, task, run)
         return run / "model-ema"
     lengths = plan.task_lengths().get(task)
-    overrides = [f"train.max_steps={plan.finetune_steps}", f"train.seed={plan.seed + 202}", *plan.train,
-                 *SYSTEM_OVERRIDES[system], *run_overrides]
-    if lengths:
-        overrides += [f"data.source_len={lengths[0]}", f"data.target_len={lengths[1]}"]
+    changes = merge_sections({"train": {"max_steps": plan.finetune_steps, "seed": plan.seed + 202}},
+                      SYSTEM_CHANGES[system], run_sections,
+                      {"data": {"source_len": lengths[0], "target_len": lengths[1]}} if lengths else {})
     log.info("fine-tuning %s on %s for %d steps -> %s", system, task, plan.finetune_steps, run)
-    finetune_task(task, str(init), str(run), overrides, shards_root=str(work / "shards" / task))
+    finetune_task(task, str(init), str(run), plan.train, shards_root=str(work / "shards" / task), sections=changes)
     return run / "model-ema"
 
 
@@ -231,9 +236,6 @@ def latency(plan: Plan, decoder: Decoder, system: str, sources: list[str]) -> li
 
 def reproduce(plan_name: str, output: str, work: str, tracking_uri: str = "", fresh: bool = False,
               command: str = "") -> dict:
-    from ardiff_scale.evaluation.report import ReportRun, write_report
-    from ardiff_scale.tracking.mlflow_tracker import resolve_tracking_uri
-
     plan = load_plan(plan_name)
     work_dir, out = Path(work), Path(output)
     if fresh and work_dir.exists():
@@ -242,9 +244,8 @@ def reproduce(plan_name: str, output: str, work: str, tracking_uri: str = "", fr
     tracking_uri = resolve_tracking_uri(tracking_uri, work_dir)
     started = time.time()
     report_run = ReportRun(tracking_uri, Path(plan.path).stem, asdict(plan))
-    overrides = _run_overrides(tracking_uri, report_run.run_id, "pretrain")
     tokenizer_path = build_tokenizer(plan, work_dir)
-    pretrained = pretrain(plan, work_dir, tokenizer_path, overrides)
+    pretrained = pretrain(plan, work_dir, tokenizer_path, _run_sections(tracking_uri, report_run.run_id, "pretrain"))
     training = {"pretrain": training_summary(pretrained.parent)}
     rows, models_info = [], {}
     for name in plan.tasks:
@@ -252,7 +253,7 @@ def reproduce(plan_name: str, output: str, work: str, tracking_uri: str = "", fr
         models = {}
         for system in plan.systems:
             models[system] = finetune(plan, work_dir, name, system, pretrained,
-                                      _run_overrides(tracking_uri, report_run.run_id, f"{name}-{system}"))
+                                      _run_sections(tracking_uri, report_run.run_id, f"{name}-{system}"))
             training[f"{name}/{system}"] = training_summary(models[system].parent)
         lengths = plan.task_lengths().get(name, (task.lengths.source, task.lengths.target))
         task_rows, info = sweep(plan, task, models, lengths)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ardiff_scale.data.tasks import FORMATS
+from ardiff_scale.config import load_task, task_config
 from ardiff_scale.errors import ConfigError, DataError
-from ardiff_scale.evaluation.tasks import REPO_ROOT, TaskSpec, load_task, shipped_tasks
+from ardiff_scale.tasks.readers import FORMATS
+from ardiff_scale.tasks.spec import REPO_ROOT, TaskSpec, shipped_tasks
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 FIXTURES = SHARED / "fixtures"
@@ -66,7 +67,7 @@ def test_own_tasks_load_and_yield_pairs(name, monkeypatch):
     for split in ("train", "valid", "test"):
         first = list(itertools.islice(task.pairs(split), 2))
         assert len(first) == 2 and all(p.src and p.tgt and p.refs[0] == p.tgt for p in first)
-    config = task.run_config()
+    config = task_config(task)
     assert (config.data.source_len, config.data.target_len) == (task.lengths.source, task.lengths.target)
     assert (config.diffusion.decode_steps, config.diffusion.num_candidates) == (task.decode.steps,
                                                                                 task.decode.candidates)
@@ -95,7 +96,7 @@ def test_paper_tasks_load_the_original_format_fixtures(name, monkeypatch):
     assert task.data.location == str(folder)
     scored = list(task.pairs("test"))
     assert scored and all(p.src and p.refs for p in scored)
-    task.run_config()
+    task_config(task)
 
 
 def test_commongen_scores_the_dev_set(monkeypatch):
@@ -174,3 +175,11 @@ def test_variable_default_and_relative_location(tmp_path, monkeypatch):
     task = load_task(write_task(tmp_path, tree))
     assert Path(task.data.location).resolve() == (SHARED / "tasks" / "concept2text").resolve()
     assert next(task.pairs("valid")).id.startswith("c2t-set-")
+
+
+def test_the_run_config_layers_task_then_caller_then_command_line():
+    task = load_task("deen")
+    config = task_config(task, ["train.max_steps=9"], train={"max_steps": 8, "output_dir": "runs/x"},
+                         data={"train": "shards/train"})
+    assert (config.train.max_steps, config.train.output_dir, config.data.train) == (9, "runs/x", "shards/train")
+    assert (config.data.source_len, config.diffusion.decode_steps) == (task.lengths.source, task.decode.steps)

@@ -6,22 +6,21 @@ and what would be valid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+from dataclasses import dataclass, field, replace
 
-import yaml
-
-from ardiff_scale.config import coerce, did_you_mean
+from ardiff_scale.config import load_task
 from ardiff_scale.errors import ConfigError
-from ardiff_scale.evaluation.tasks import REPO_ROOT
-from ardiff_scale.io import shipped_or_path
+from ardiff_scale.loader import NOT_IN_FILES, build_dataclass, did_you_mean, read_mapping, shipped_or_path
+from ardiff_scale.tasks.spec import REPO_ROOT
 
 PLANS_DIR = REPO_ROOT / "eval" / "reproduce"
 SYSTEMS = ("ar-diffusion", "uniform-diffusion", "autoregressive")
-# How each system differs from AR-Diffusion, as run-config overrides.
-SYSTEM_OVERRIDES = {"ar-diffusion": [], "uniform-diffusion": ["diffusion.timestep_form=uniform",
-                                                                    "model.time_attention=false"],
-                    "autoregressive": ["model.decoder=autoregressive"]}
+# How each system differs from AR-Diffusion: run-config fields per section (`config.derive`).
+SYSTEM_CHANGES: dict[str, dict[str, dict]] = {
+    "ar-diffusion": {},
+    "uniform-diffusion": {"diffusion": {"timestep_form": "uniform"}, "model": {"time_attention": False}},
+    "autoregressive": {"model": {"decoder": "autoregressive"}},
+}
 
 
 @dataclass
@@ -58,11 +57,9 @@ class Plan:
     rows_per_batch: int = 256  # decoder rows (sources x candidates) per sampler call
     latency_sources: int = 10  # sources timed one at a time for the wall-clock-per-source figures
     seed: int = 0
-    path: str = ""
+    path: str = field(default="", metadata=NOT_IN_FILES)
 
     def validate(self, where: str) -> None:
-        from ardiff_scale.evaluation.tasks import load_task
-
         for task in self.tasks:
             load_task(task)
         for system in self.systems:
@@ -105,18 +102,8 @@ class Plan:
 
 
 def load_plan(name_or_path: str) -> Plan:
-    path = shipped_or_path(name_or_path, PLANS_DIR, ".yaml", "no reproduction plan")
+    path = shipped_or_path(name_or_path, PLANS_DIR, "reproduction plan")
     where = str(path)
-    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{where} must hold a mapping of plan fields")
-    hints = get_type_hints(Plan)
-    known = [f.name for f in fields(Plan) if f.name != "path"]
-    values: dict[str, Any] = {}
-    for key, value in tree.items():
-        if key not in known:
-            raise ConfigError(f"unknown plan field {key!r} in {where}{did_you_mean(key, known)}")
-        values[key] = coerce(value, hints[key], key, where)
-    plan = Plan(**values, path=where)
+    plan = replace(build_dataclass(Plan, read_mapping(path, "plan fields"), where), path=where)
     plan.validate(where)
     return plan

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ardiff_scale.config import load_task
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.evaluation.evaluate import primary_key, score_candidates
-from ardiff_scale.evaluation.plan import PLANS_DIR, load_plan
-from ardiff_scale.evaluation.tasks import load_task
+from ardiff_scale.pipelines.plan import PLANS_DIR, load_plan
 
 BIN = Path(sys.executable).parent
 
@@ -29,7 +29,7 @@ def test_shipped_plans_load_and_cover_the_issue_grid():
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"sytems": ["ar-diffusion"]}, r"unknown plan field 'sytems'.*did you mean 'systems'"),
+    ({"sytems": ["ar-diffusion"]}, r"unknown field 'sytems' in .*plan\.yaml; did you mean 'systems'"),
     ({"systems": ["ar-difusion"]}, r"unknown system 'ar-difusion'.*valid: ar-diffusion"),
     ({"lengths": ["deen=64"]}, r"lengths: 'deen=64' must be 'TASK=SOURCE,TARGET'"),
     ({"extra_points": ["20"]}, r"extra_points: '20' must be 'M,k'"),
@@ -46,7 +46,8 @@ def test_bad_plans_name_the_field(tmp_path, patch, message):
 
 
 def test_unknown_plan_lists_shipped_ones():
-    with pytest.raises(ConfigError, match=r"no reproduction plan 'fulll' \(shipped: deen-diffusion, full, smoke"):
+    with pytest.raises(ConfigError, match=r"reproduction plan 'fulll' is neither a file nor a shipped "
+                                          r"reproduction plan; did you mean 'full'\? \(shipped: deen-diffusion, full, smoke"):
         load_plan("fulll")
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from ardiff_scale.data.tasks import FORMATS, Pair, ReadStats, read_pairs
 from ardiff_scale.errors import DataError
+from ardiff_scale.tasks.readers import FORMATS, Pair, ReadStats, read_pairs
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 FIXTURES = SHARED / "fixtures"

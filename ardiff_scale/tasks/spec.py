@@ -1,9 +1,10 @@
 """Fine-tuning/evaluation task definitions: `eval/tasks/<name>.yaml` read into a `TaskSpec` tree.
 
-A task file names its data (location and format for `ardiff_scale.data.tasks.read_pairs`), the lengths,
+A task file names its data (location and format for `ardiff_scale.tasks.readers.read_pairs`), the lengths,
 the fine-tuning recipe and overrides, the decoding (M steps, k MBR candidates), the metrics and the
-resources. `load_task` checks all of it before anything runs: unknown or missing fields, bad values,
-unknown metrics and formats and invalid overrides are `ConfigError`s naming the file and field.
+resources. `read_task` checks the file before anything runs: unknown or missing fields, bad values, unknown
+metrics and formats are `ConfigError`s naming the file and field. The run config a task fine-tunes with is
+the config layer's (`ardiff_scale.config.task_config`); `ardiff_scale.config.load_task` checks both.
 
 `data.location` may refer to environment variables, `${NAME}` or `${NAME:-default}` (shell meaning: the
 default applies when NAME is unset or empty); a variable without a default that is unset is a `DataError`
@@ -16,24 +17,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-import yaml
-
-from ardiff_scale.config import (
-    Config,
-    apply_overrides,
-    coerce,
-    did_you_mean,
-    load_config,
-    shipped_recipes,
-)
-from ardiff_scale.data.tasks import FORMATS, SPLITS, Pair, ReadStats, read_pairs
 from ardiff_scale.errors import ConfigError, DataError
-from ardiff_scale.evaluation.metrics import check_metrics
+from ardiff_scale.loader import NOT_IN_FILES, build_dataclass, did_you_mean, read_mapping, shipped_or_path
+from ardiff_scale.tasks.metric_names import check_metrics
+from ardiff_scale.tasks.readers import FORMATS, SPLITS, Pair, ReadStats, read_pairs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TASKS_DIR = REPO_ROOT / "eval" / "tasks"
@@ -48,16 +40,10 @@ LAYOUTS = {
     "iwslt": "train.tags.<pair>.<lang> and IWSLT*.TED.<set>.<pair>.<lang>.xml, e.g. a de-en/ folder",
     "commongen": "commongen.{train,dev,test_noref}.jsonl",
 }
-# Run-config fields a task sets through its own keys, which its overrides must therefore leave alone.
-_OWNED = {"data.source_len": "lengths.source", "data.target_len": "lengths.target",
-          "train.max_steps": "finetune.max_steps", "diffusion.decode_steps": "decode.steps",
-          "diffusion.num_candidates": "decode.candidates"}
-
-
 @dataclass
 class TaskData:
     location: str  # folder (or jsonl file) for read_pairs, after ${VAR} expansion; relative: from the repo root
-    format: str  # one of ardiff_scale.data.tasks.FORMATS
+    format: str  # one of ardiff_scale.tasks.readers.FORMATS
     train_split: str = "train"
     valid_split: str = "valid"
     test_split: str = "test"  # the split scored; CommonGen scores its dev set since test has no references
@@ -101,7 +87,7 @@ class TaskSpec:
     metrics: list[str]  # names for ardiff_scale.evaluation.metrics.compute_metrics
     resources: TaskResources = field(default_factory=TaskResources)
     description: str = ""
-    path: str = field(default="", compare=False)  # the task file, for messages
+    path: str = field(default="", compare=False, metadata=NOT_IN_FILES)  # the task file, for messages
 
     def split_name(self, role: str) -> str:
         """The data split that plays `role` (train, valid or test)."""
@@ -114,18 +100,6 @@ class TaskSpec:
         return read_pairs(self.data.location, self.data.format, self.split_name(split), stats=stats,
                           src_lang=self.data.src_lang or None, tgt_lang=self.data.tgt_lang or None)
 
-    def finetune_overrides(self) -> list[str]:
-        """The run-config overrides this task means: its own, then lengths, steps and decoding."""
-        return [*self.finetune.overrides,
-                f"data.source_len={self.lengths.source}", f"data.target_len={self.lengths.target}",
-                f"train.max_steps={self.finetune.max_steps}",
-                f"diffusion.decode_steps={self.decode.steps}",
-                f"diffusion.num_candidates={self.decode.candidates}"]
-
-    def run_config(self, extra_overrides: Sequence[str] = ()) -> Config:
-        """The validated run config: finetune.recipe with `finetune_overrides()` and then `extra_overrides`."""
-        return load_config(self.finetune.recipe or None, [*self.finetune_overrides(), *extra_overrides])
-
     def to_dict(self) -> dict[str, Any]:
         tree = asdict(self)
         tree.pop("path")
@@ -136,60 +110,16 @@ def shipped_tasks() -> list[str]:
     return sorted(path.stem for path in TASKS_DIR.glob("*.yaml"))
 
 
-def load_task(path_or_name: str | Path) -> TaskSpec:
-    """A task from a YAML file, or by name from eval/tasks/<name>.yaml, checked (module docstring)."""
-    path = _resolve(path_or_name)
+def read_task(path_or_name: str | Path) -> TaskSpec:
+    """A task from a YAML file, or by name from eval/tasks/<name>.yaml, with every field checked (module
+    docstring); `config.load_task` also checks the run config the task fine-tunes with."""
+    path = shipped_or_path(path_or_name, TASKS_DIR, "task")
     where = str(path)
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where} is not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{where} must hold a mapping of task fields (got {type(tree).__name__})")
-    spec = _build(TaskSpec, tree, "", where)
+    spec = build_dataclass(TaskSpec, read_mapping(path, "task fields"), where)
     spec.path = where
     _validate(spec, where)
     spec.data.location = locate_data(spec.data.location, spec.data.format, where)
     return spec
-
-
-def _resolve(path_or_name: str | Path) -> Path:
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    shipped = TASKS_DIR / f"{path_or_name}.yaml"
-    if isinstance(path_or_name, str) and "/" not in path_or_name and shipped.is_file():
-        return shipped
-    names = shipped_tasks()
-    raise ConfigError(f"task {str(path_or_name)!r} is neither a file nor a shipped task"
-                      f"{did_you_mean(str(path_or_name), names)} (shipped: {', '.join(names) or 'none'})")
-
-
-def _build(cls: type, values: Any, prefix: str, where: str) -> Any:
-    """`cls` from a YAML mapping: unknown keys, missing required fields and wrong types are ConfigErrors."""
-    section = prefix.rstrip(".") or "the task"
-    if not isinstance(values, dict):
-        raise ConfigError(f"{section} must be a mapping of fields (got {values!r}) in {where}")
-    hints = get_type_hints(cls)
-    known = [f.name for f in fields(cls) if f.name != "path"]
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"unknown field '{prefix}{key}' in {where}{did_you_mean(str(key), known)} "
-                              f"(valid in {section}: {', '.join(known)})")
-    required = [f.name for f in fields(cls)
-                if f.name in known and f.default is MISSING and f.default_factory is MISSING]
-    missing = [name for name in required if name not in values]
-    if missing:
-        raise ConfigError(f"{prefix}{missing[0]} is required but missing in {where} "
-                          f"(required in {section}: {', '.join(prefix + name for name in required)})")
-    typed = {}
-    for key, value in values.items():
-        kind = hints[key]
-        if is_dataclass(kind):
-            typed[key] = _build(kind, value, f"{prefix}{key}.", where)
-        else:
-            typed[key] = coerce(value, kind, f"{prefix}{key}", where)
-    return cls(**typed)
 
 
 def _check(ok: bool, key: str, value: Any, rule: str, where: str) -> None:
@@ -224,25 +154,8 @@ def _validate(spec: TaskSpec, where: str) -> None:
         raise ConfigError(f"metrics must name at least one metric in {where}")
     try:
         check_metrics(spec.metrics)
-        _check_finetune(spec)
     except ConfigError as err:
         raise ConfigError(f"{err} in {where}") from None
-
-
-def _check_finetune(spec: TaskSpec) -> None:
-    recipe = spec.finetune.recipe
-    if recipe and recipe not in shipped_recipes() and not Path(recipe).is_file():
-        names = shipped_recipes()
-        raise ConfigError(f"finetune.recipe {recipe!r} is neither a file nor a shipped recipe"
-                          f"{did_you_mean(recipe, names)} (shipped: {', '.join(names)})")
-    tree = apply_overrides({}, spec.finetune.overrides)
-    for section, values in tree.items():
-        for name in values:
-            owner = _OWNED.get(f"{section}.{name}")
-            if owner:
-                raise ConfigError(f"finetune.overrides sets {section}.{name}, which the task sets with {owner}; "
-                                  f"set it there")
-    spec.run_config()
 
 
 def locate_data(location: str, fmt: str, where: str) -> str:

@@ -20,18 +20,28 @@ import torch.distributed as dist
 
 from ardiff_scale.config import Config, config_to_yaml, flatten, load_config
 from ardiff_scale.data.infill import InfillScores
-from ardiff_scale.data.pipeline import open_shards, open_stream
+from ardiff_scale.data.pipeline import open_shards
 from ardiff_scale.data.shards import ShardSet
 from ardiff_scale.data.tokenizer import Tokenizer
 from ardiff_scale.errors import ConfigError, DataError, Preempted
 from ardiff_scale.export import save_model_dir
 from ardiff_scale.model import ARDiffusionModel, build_model, encoder_weights
+from ardiff_scale.tracking.callback import MLflowLogging
+from ardiff_scale.tracking.mlflow_tracker import RUN_ID_FILE, MLflowTracker, resolve_tracking_uri
+from ardiff_scale.tracking.system_metrics import SystemMetrics
 from ardiff_scale.train import checkpoint
 from ardiff_scale.train.callbacks import ConsoleProgress, LossHistory, MetricsLog, TimeBudget
 from ardiff_scale.train.checkpoint import CheckpointStore
 from ardiff_scale.train.checkpointer import Checkpointer
-from ardiff_scale.train.distributed import broadcast_from_main, check_shared_directory, control_group, raise_together
+from ardiff_scale.train.distributed import (
+    broadcast_from_main,
+    check_shared_directory,
+    control_group,
+    node_names,
+    raise_together,
+)
 from ardiff_scale.train.engine import init_distributed
+from ardiff_scale.train.loader import open_loader
 from ardiff_scale.train.rundir import RunDir
 from ardiff_scale.train.trainer import Callback, Trainer
 from ardiff_scale.train.validation import SampleGeneration, Validation
@@ -180,7 +190,7 @@ def run_pretraining(config: Config, time_budget: float | None = None,
                           "train.resume=PATH), or run with the same number of ranks")
     # Fails before any training if a shard is missing or the tokenizer is not the shards' one.
     train_set, valid_set = _open_data(config, tokenizer, rank)
-    loader = open_stream(train_set, config, rank, world, epochs=0)
+    loader = open_loader(train_set, config, rank, world, epochs=0)
     if rank == 0:
         log.info("data: %d training shards, %d workers per rank make micro-batches of %d", len(train_set.urls),
                  loader.num_workers, train.micro_batch_size)
@@ -250,12 +260,7 @@ def run_pretraining(config: Config, time_budget: float | None = None,
 def _mlflow(config: Config, run: RunDir, rank: int, resuming: bool):
     """Collective: this rank's tracking callbacks, and rank 0's MLflow tracker (None elsewhere). Every rank
     samples its node's system metrics for rank 0. A resumed job continues the MLflow run whose id rank 0
-    saved in the run directory. Imported here, not at the top: tracking/ imports train/."""
-    from ardiff_scale.tracking.callback import MLflowLogging
-    from ardiff_scale.tracking.mlflow_tracker import RUN_ID_FILE, MLflowTracker, resolve_tracking_uri
-    from ardiff_scale.tracking.system_metrics import SystemMetrics
-    from ardiff_scale.train.distributed import node_names
-
+    saved in the run directory."""
     hosts = node_names()
     nodes = sorted(set(hosts))
     error, tracking_uri = None, ""

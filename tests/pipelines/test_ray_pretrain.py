@@ -14,7 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ardiff_scale.config import load_config
 from ardiff_scale.jobs.cluster import local_ray_env
+from ardiff_scale.pipelines.pretrain_ray import absolute_paths
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from launching import launch  # noqa: E402  (the deepspeed launch the Ray run is compared with)
@@ -105,3 +107,14 @@ def test_ray_pretraining_survives_a_killed_worker_and_tracks_like_deepspeed(ray_
         return sorted(found)
 
     assert artifacts(ray_run.info.run_id) == artifacts(ds_run.info.run_id)
+
+
+def test_relative_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config("tiny-cpu", ["data.train=shards/train", "data.valid=s3://bucket/valid",
+                                      "data.tokenizer=tok/t.model", "train.output_dir=runs/x", "train.resume=auto"])
+    fixed = absolute_paths(config)
+    assert fixed.data.train == str(tmp_path / "shards/train") and fixed.data.tokenizer == str(tmp_path / "tok/t.model")
+    assert fixed.train.output_dir == str(tmp_path / "runs/x")
+    assert fixed.data.valid == "s3://bucket/valid" and fixed.train.resume == "auto"
+    assert fixed.model == config.model and fixed.ray == config.ray
