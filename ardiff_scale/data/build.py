@@ -12,6 +12,7 @@ from ardiff_scale.data.corpus import read_documents
 from ardiff_scale.data.shards import MANIFEST, ShardSet, build_shards, read_shard
 from ardiff_scale.data.tokenizer import Tokenizer, TokenizerOptions, train_tokenizer
 from ardiff_scale.errors import DataError
+from ardiff_scale.tasks.readers import read_pairs
 
 log = logging.getLogger("ardiff.data")
 
@@ -73,7 +74,6 @@ def shards_command(options: ShardsOptions) -> dict:
                             f"(got {options.format!r})")
         records: Iterator = (doc for url in inputs for doc in read_documents(url, options.field))
     else:
-        from ardiff_scale.tasks.readers import read_pairs
         records = (pair for url in inputs for pair in read_pairs(url, options.format, options.split))
     return build_shards(records, options.kind, options.output, tokenizer, samples_per_shard=options.samples_per_shard,
                         max_tokens=options.max_tokens, min_tokens=options.min_tokens, processes=options.processes,

@@ -11,6 +11,9 @@ import mlflow
 import mlflow.pyfunc
 from mlflow.tracking import MlflowClient
 
+from ardiff_scale.evaluation.evaluate import generate_batch, resolve_device
+from ardiff_scale.evaluation.mbr import mbr_select
+from ardiff_scale.export import load_model_dir
 from ardiff_scale.tracking.mlflow_tracker import experiment_id
 
 
@@ -23,15 +26,10 @@ class ARDiffusionPyfunc(mlflow.pyfunc.PythonModel):
     BATCH = 16
 
     def load_context(self, context) -> None:
-        from ardiff_scale.evaluation.evaluate import resolve_device
-        from ardiff_scale.export import load_model_dir
         self.model, self.config, self.tokenizer = load_model_dir(context.artifacts["model_dir"],
                                                                  device=resolve_device(None))
 
     def predict(self, context, model_input, params=None):
-        from ardiff_scale.evaluation.evaluate import generate_batch
-        from ardiff_scale.evaluation.mbr import mbr_select
-
         sources = [str(s) for s in (model_input["source"] if hasattr(model_input, "columns") else model_input)]
         diffusion = self.config.diffusion
         candidates = []
