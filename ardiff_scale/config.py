@@ -1,8 +1,11 @@
-"""The run configuration: one dataclass tree, loaded from a YAML recipe plus dotted command-line overrides.
+"""The run configuration: one dataclass tree, loaded from a YAML recipe, typed section values from code and
+dotted command-line overrides, in that order.
 
-Recipes and overrides are merged as plain dicts first and typed afterwards, so an override can replace any
-recipe value and every error can say which field was wrong, what would be valid and where the value came
-from (`ConfigError: train.lr must be a float (got 'abc') in recipes/tiny-cpu.yaml`).
+All three are merged as plain dicts first and typed afterwards by `loader.build_dataclass`, so an override can
+replace any recipe value and every error can say which field was wrong, what would be valid and where the
+value came from (`ConfigError: train.lr must be a float (got 'abc') in recipes/tiny-cpu.yaml`). Dotted strings
+are for people (the command line, a task's `finetune.overrides`); code passes sections (`train={...}`) or
+derives a changed config with `derive`. A task's fine-tuning config is built here too (`task_config`).
 """
 
 from __future__ import annotations
