@@ -261,9 +261,11 @@ def merge_sections(*changes: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     return out
 
 
-def parse_overrides(overrides: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def parse_overrides(overrides: Sequence[str], origin: str = OVERRIDE
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """`section.field=value` strings as a tree of sections (values parsed as YAML: `false`, `3e-4`, `12`) and,
-    for each dotted key, the override that set it (for messages). Names are checked when the tree is built."""
+    for each dotted key, the override that set it, after `origin` (for messages). Names are checked when the
+    tree is built."""
     tree: dict[str, dict[str, Any]] = {}
     set_by: dict[str, str] = {}
     for text in overrides:
@@ -277,7 +279,7 @@ def parse_overrides(overrides: Sequence[str]) -> tuple[dict[str, dict[str, Any]]
         except yaml.YAMLError as err:
             raise ConfigError(f"override {text!r} has a value that is not valid YAML: {err}") from None
         tree.setdefault(section, {})[name] = value
-        set_by[f"{section}.{name}"] = f"{OVERRIDE} {text!r}"
+        set_by[f"{section}.{name}"] = f"{origin} {text!r}"
     return tree, set_by
 
 
@@ -306,10 +308,12 @@ def load_config(recipe: str | Path | None, overrides: Sequence[str] = (), **sect
     return _validated(cfg, source, overrides)
 
 
-def _from_tree(recipe_tree: dict[str, Any], overrides: Sequence[str], source: str) -> Config:
-    """The Config of a recipe tree with overrides applied, not yet validated."""
+def _from_tree(recipe_tree: dict[str, Any], overrides: Sequence[str], source: str,
+               set_earlier: dict[str, str] | None = None) -> Config:
+    """The Config of a recipe tree with overrides applied, not yet validated. `set_earlier`: origins of values
+    already in the tree that did not come from `source` (dotted key -> origin)."""
     tree = apply_overrides(recipe_tree, overrides)
-    set_by = parse_overrides(overrides)[1]
+    set_by = (set_earlier or {}) | parse_overrides(overrides)[1]
 
     def where(key: str) -> str:
         return next((text for name, text in set_by.items() if key == name or name.startswith(f"{key}.")), source)
@@ -354,7 +358,8 @@ def task_config(task: TaskSpec, overrides: Sequence[str] = (), **sections: dict[
     recipe = task.finetune.recipe
     path = shipped_or_path(recipe, RECIPES_DIR, "recipe", key="finetune.recipe") if recipe else None
     source = str(path) if path else "defaults"
-    for key in parse_overrides(task.finetune.overrides)[1]:
+    task_set = parse_overrides(task.finetune.overrides, "finetune.overrides")[1]
+    for key in task_set:
         if key in TASK_OWNED:
             raise ConfigError(f"finetune.overrides sets {key}, which the task sets with {TASK_OWNED[key]}; "
                               f"set it there")
@@ -363,7 +368,7 @@ def task_config(task: TaskSpec, overrides: Sequence[str] = (), **sections: dict[
              "diffusion": {"decode_steps": task.decode.steps, "num_candidates": task.decode.candidates}}
     tree = merge_sections(apply_overrides(read_mapping(path, "sections") if path else {}, task.finetune.overrides),
                           owned, sections)
-    cfg = replace(_from_tree(tree, overrides, source), recipe=recipe)
+    cfg = replace(_from_tree(tree, overrides, source, task_set), recipe=recipe)
     return _validated(cfg, source, [*task.finetune.overrides, *overrides])
 
 

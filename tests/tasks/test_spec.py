@@ -183,3 +183,10 @@ def test_the_run_config_layers_task_then_caller_then_command_line():
                          data={"train": "shards/train"})
     assert (config.train.max_steps, config.train.output_dir, config.data.train) == (9, "runs/x", "shards/train")
     assert (config.data.source_len, config.diffusion.decode_steps) == (task.lengths.source, task.decode.steps)
+
+
+def test_a_bad_override_value_in_a_task_names_the_override_and_the_file(tmp_path):
+    path = write_task(tmp_path, edited(finetune__overrides=["train.lr=fast"]))
+    with pytest.raises(ConfigError, match=rf"train\.lr must be a float \(got 'fast'\) in finetune\.overrides "
+                                          rf"'train\.lr=fast' in {path}"):
+        load_task(path)
