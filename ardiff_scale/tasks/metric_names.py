@@ -1,7 +1,7 @@
 """The metric names a task may ask for, `bleu:intl:lc` options included, checked when a task file is read
 (the scoring itself is `ardiff_scale.evaluation.metrics`).
 
-A name may carry options after colons: a SacreBLEU tokenizer name (`BLEU_TOKENIZERS`) and/or `lc` to
+A name may carry options after colons: a SacreBLEU tokenizer name (`bleu_tokenizers()`) and/or `lc` to
 lower-case both sides. Its result key is the name with ":" as "_" (`bleu:intl` -> `bleu_intl`); `rouge`
 gives three keys.
 """
@@ -10,17 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from difflib import get_close_matches
-
-import sacrebleu
+from functools import cache
 
 from ardiff_scale.errors import ConfigError
 
 METRICS = ("rouge", "bleu", "sacrebleu", "concept_coverage")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-BLEU_TOKENIZERS = tuple(sacrebleu.BLEU.TOKENIZERS)
 LOWERCASE = "lc"
-_OPTIONS = {"rouge": (), "bleu": (*BLEU_TOKENIZERS, LOWERCASE), "sacrebleu": (*BLEU_TOKENIZERS, LOWERCASE),
-            "concept_coverage": ()}
+_TAKE_OPTIONS = ("bleu", "sacrebleu")  # a SacreBLEU tokenizer name and/or LOWERCASE
+
+
+@cache
+def bleu_tokenizers() -> tuple[str, ...]:
+    """SacreBLEU's tokenizer names. Imported only when a metric name carries options: every process that loads
+    a run config reads task files, and a training rank has no use for sacrebleu."""
+    import sacrebleu
+
+    return tuple(sacrebleu.BLEU.TOKENIZERS)
 
 
 def parse_metric(name: str) -> tuple[str, tuple[str, ...]]:
@@ -31,7 +37,7 @@ def parse_metric(name: str) -> tuple[str, tuple[str, ...]]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown metric {name!r}{hint} (valid: {', '.join(METRICS)}; "
                           f"bleu and sacrebleu take options such as bleu:intl or bleu:lc)")
-    valid = _OPTIONS[base]
+    valid = (*bleu_tokenizers(), LOWERCASE) if options and base in _TAKE_OPTIONS else ()
     for option in options:
         if option not in valid:
             allowed = f"valid: {', '.join(valid)}" if valid else f"{base} takes no options"

@@ -97,7 +97,10 @@ def test_ray_pretraining_survives_a_killed_worker_and_tracks_like_deepspeed(ray_
     assert ray_run.data.params.keys() == ds_run.data.params.keys()
     assert ray_run.data.params["ray.workers"] == "2" and ray_run.data.params["ray.address"] == "auto"
     assert ray_run.data.metrics.keys() == ds_run.data.metrics.keys()
-    assert len(client.get_metric_history(ray_run.info.run_id, "loss")) >= 16  # one row per window of 2 steps
+    # One row per window of 2 steps. Rows that rank 0 had queued but not yet sent when its worker group was
+    # killed are lost (a hard kill leaves no time to deliver); every window from the resume on is there.
+    logged = {int(m.step) for m in client.get_metric_history(ray_run.info.run_id, "loss")}
+    assert all(step % 2 == 0 for step in logged) and set(range(int(resumed[2]) + 2, 33, 2)) <= logged
 
     def artifacts(run_id, path=None):
         """Artifact paths, the step numbers in sample file names left out (the two runs differ in length)."""
