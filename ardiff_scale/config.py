@@ -250,7 +250,8 @@ def derive(config: Config, **sections: dict[str, Any]) -> Config:
 
 
 def merge_sections(*changes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Section changes for `derive` combined, later ones winning field by field."""
+    """Section changes (`{"train": {"lr": 0.1}}`, as `load_config` and `task_config` take them) combined, later
+    ones winning field by field."""
     out: dict[str, Any] = {}
     for change in changes:
         for section, values in change.items():
@@ -285,13 +286,28 @@ def parse_overrides(overrides: Sequence[str], origin: str = OVERRIDE
 
 def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of `tree` (sections of fields) with each `section.field=value` set."""
+    return _overridden(tree, parse_overrides(overrides)[0])
+
+
+def _overridden(tree: dict[str, Any], parsed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     merged = {section: dict(values or {}) if isinstance(values, dict) or values is None else values
               for section, values in tree.items()}
-    for section, values in parse_overrides(overrides)[0].items():
+    for section, values in parsed.items():
         if not isinstance(merged.get(section, {}), dict):
             raise ConfigError(f"override of {section}.* needs {section} to be a section (got {merged[section]!r})")
         merged.setdefault(section, {}).update(values)
     return merged
+
+
+def refuse_owned(overrides: Sequence[str], owned: dict[str, str], what: str, origin: str = OVERRIDE
+                 ) -> dict[str, str]:
+    """`parse_overrides(overrides, origin)`'s origins, after refusing any key in `owned` (dotted key -> who sets
+    it instead and what to do): fields a caller sets itself, which an override would silently lose to or beat."""
+    set_by = parse_overrides(overrides, origin)[1]
+    for key in set_by:
+        if key in owned:
+            raise ConfigError(f"{what} sets {key}, which {owned[key]}")
+    return set_by
 
 
 def load_config(recipe: str | Path | None, overrides: Sequence[str] = (), **sections: dict[str, Any]) -> Config:
@@ -312,8 +328,9 @@ def _from_tree(recipe_tree: dict[str, Any], overrides: Sequence[str], source: st
                set_earlier: dict[str, str] | None = None) -> Config:
     """The Config of a recipe tree with overrides applied, not yet validated. `set_earlier`: origins of values
     already in the tree that did not come from `source` (dotted key -> origin)."""
-    tree = apply_overrides(recipe_tree, overrides)
-    set_by = (set_earlier or {}) | parse_overrides(overrides)[1]
+    parsed, set_now = parse_overrides(overrides)
+    tree = _overridden(recipe_tree, parsed)
+    set_by = (set_earlier or {}) | set_now
 
     def where(key: str) -> str:
         return next((text for name, text in set_by.items() if key == name or name.startswith(f"{key}.")), source)
@@ -346,9 +363,10 @@ def _validated(cfg: Config, source: str, overrides: Sequence[str]) -> Config:
 # --- a fine-tuning task's run config -------------------------------------------------------------------------
 
 # Run-config fields a task sets through its own keys, which its overrides must therefore leave alone.
-TASK_OWNED = {"data.source_len": "lengths.source", "data.target_len": "lengths.target",
-              "train.max_steps": "finetune.max_steps", "diffusion.decode_steps": "decode.steps",
-              "diffusion.num_candidates": "decode.candidates"}
+TASK_OWNED = {key: f"the task sets with {owner}; set it there" for key, owner in (
+    ("data.source_len", "lengths.source"), ("data.target_len", "lengths.target"),
+    ("train.max_steps", "finetune.max_steps"), ("diffusion.decode_steps", "decode.steps"),
+    ("diffusion.num_candidates", "decode.candidates"))}
 
 
 def task_config(task: TaskSpec, overrides: Sequence[str] = (), **sections: dict[str, Any]) -> Config:
@@ -358,16 +376,12 @@ def task_config(task: TaskSpec, overrides: Sequence[str] = (), **sections: dict[
     recipe = task.finetune.recipe
     path = shipped_or_path(recipe, RECIPES_DIR, "recipe", key="finetune.recipe") if recipe else None
     source = str(path) if path else "defaults"
-    task_set = parse_overrides(task.finetune.overrides, "finetune.overrides")[1]
-    for key in task_set:
-        if key in TASK_OWNED:
-            raise ConfigError(f"finetune.overrides sets {key}, which the task sets with {TASK_OWNED[key]}; "
-                              f"set it there")
+    task_set = refuse_owned(task.finetune.overrides, TASK_OWNED, "finetune.overrides", "finetune.overrides")
     owned = {"data": {"source_len": task.lengths.source, "target_len": task.lengths.target},
              "train": {"max_steps": task.finetune.max_steps},
              "diffusion": {"decode_steps": task.decode.steps, "num_candidates": task.decode.candidates}}
-    tree = merge_sections(apply_overrides(read_mapping(path, "sections") if path else {}, task.finetune.overrides),
-                          owned, sections)
+    tree = merge_sections(_overridden(read_mapping(path, "sections") if path else {},
+                                      parse_overrides(task.finetune.overrides)[0]), owned, sections)
     cfg = replace(_from_tree(tree, overrides, source, task_set), recipe=recipe)
     return _validated(cfg, source, [*task.finetune.overrides, *overrides])
 

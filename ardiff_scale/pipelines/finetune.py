@@ -30,7 +30,7 @@ def task_shards(task, split: str, tokenizer, directory: Path, samples_per_shard:
 def finetune(task_name: str, init: str, output: str | None, overrides: Sequence[str] = (),
              samples_per_shard: int = 1000, time_budget: float | None = None,
              shards_root: str | None = None, sections: dict[str, dict[str, Any]] | None = None) -> PretrainResult:
-    """Fine-tune `init` on a task. `sections`: run-config fields the caller sets (as for `config.derive`), over
+    """Fine-tune `init` on a task. `sections`: run-config fields the caller sets (as `task_config` takes them), over
     the task's; `overrides`: command-line strings, applied last. shards_root: where the task's shards are built
     (default OUTPUT/shards); runs that share a tokenizer may share it, and shards already built there with the
     same tokenizer are reused."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ardiff_scale.config import load_task, parse_overrides
+from ardiff_scale.config import load_task, refuse_owned
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.evaluation.evaluate import predict, score, write_results
 from ardiff_scale.export import load_model_dir
@@ -44,8 +44,9 @@ from ardiff_scale.tracking.registry import SuiteRun, log_eval_run
 log = logging.getLogger("ardiff.jobs")
 
 # Fine-tune fields the suite sets for every task, which its overrides must therefore leave alone.
-SUITE_OWNED = {"train.resume": "auto, so that a restarted worker group continues from its newest checkpoint",
-               "train.threads": "from the task's resources.cpus_per_worker"}
+SUITE_OWNED = {"train.resume": "the suite sets itself (auto, so that a restarted worker group continues from its "
+                               "newest checkpoint); leave it out",
+               "train.threads": "the suite sets itself (from the task's resources.cpus_per_worker); leave it out"}
 
 
 @dataclass
@@ -138,12 +139,8 @@ def run_suite(options: SuiteOptions) -> dict:
     """Every task's fine-tune and evaluation on the Ray cluster at `options.address`; the summary of results."""
     import ray
 
-
     specs = [load_task(t) for t in options.tasks]  # every task validated before anything runs
-    for key in parse_overrides(options.overrides)[1]:
-        if key in SUITE_OWNED:
-            raise ConfigError(f"the suite's overrides set {key}, which the suite sets itself ({SUITE_OWNED[key]}); "
-                              "leave it out")
+    refuse_owned(options.overrides, SUITE_OWNED, "an override of the suite")
     check_gpu_policy(options.gpus)
     output = options.output
     if "://" in output:

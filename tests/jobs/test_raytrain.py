@@ -7,7 +7,7 @@ import pytest
 from ardiff_scale.config import load_task
 from ardiff_scale.errors import ConfigError
 from ardiff_scale.jobs.raytrain import blind_nodes, gpus_to_request
-from ardiff_scale.pipelines.suite import eval_options, finetune_scaling
+from ardiff_scale.pipelines.suite import SuiteOptions, eval_options, finetune_scaling, run_suite
 from ardiff_scale.tasks.spec import TaskResources
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ardiff_scale"
@@ -59,3 +59,10 @@ def test_a_node_that_reads_another_file_or_none_is_named():
     assert blind_nodes(readings, "tok") == ["gpu-1 (10.0.0.2): ERROR FileNotFoundError: /runs/x/.probe",
                                             "gpu-2 (10.0.0.3): another file"]
     assert blind_nodes({"10.0.0.1": ("head", "tok")}, "tok") == []
+
+
+@pytest.mark.parametrize("override", ["train.resume=never", "train.threads=4"])
+def test_the_suite_refuses_overrides_of_what_it_sets_itself(override):
+    with pytest.raises(ConfigError, match=rf"an override of the suite sets {override.split('=')[0]}, which the "
+                                          r"suite sets itself .*; leave it out"):
+        run_suite(SuiteOptions(tasks=["deen"], init="unused", overrides=[override]))
